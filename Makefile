@@ -1,0 +1,35 @@
+# The README's commands. Each target creates .venv when it is missing.
+PY      ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+CONFIG  ?= configs/quickstart.yaml
+DATA    ?= cifar10
+ARGS    ?=
+
+.PHONY: setup run test lint bench clean
+
+$(BIN)/simclr: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/simclr
+
+setup: $(BIN)/simclr
+
+## run: pretrain, evaluate and report (CIFAR-10 by default; DATA=path/to/folder for your own images)
+run: setup
+	$(BIN)/simclr run --config $(CONFIG) --data $(DATA) $(ARGS)
+
+## test: the whole test suite (no network, no ../shared needed)
+test: setup
+	$(BIN)/python -m pytest tests
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/simclr bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

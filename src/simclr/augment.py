@@ -1,0 +1,418 @@
+"""SimCLR view augmentation, batched, with independent random parameters for every sample.
+
+The pipeline of Chen et al. 2020 (appendix A), applied to a whole batch at once on any device:
+random resized crop -> horizontal flip -> colour jitter (p) in a random order per sample ->
+grayscale (p) -> Gaussian blur (p) -> normalisation. Each colour operation follows the
+semantics of ``torchvision.transforms.functional`` on float images in [0, 1].
+
+Random parameters are drawn on a CPU generator seeded from (seed, epoch, step) for the global
+batch, so the views depend neither on the device nor on how many processes share the batch.
+Drawing (:func:`sample_params`) and applying (:func:`apply_params`) are separate, and applying is
+split again into :func:`apply_geometric` (uint8 -> float crops) and :func:`apply_photometric`
+(colour, blur, normalisation) so a streaming loader can crop in its workers.
+
+Parameter dictionary (every tensor on the CPU, leading dimension n):
+    crop        int64 [n, 4]   (top, left, height, width) of the crop box in source pixels
+    flip        bool  [n]      horizontal flip
+    jitter      bool  [n]      colour jitter applied
+    brightness  float32 [n]    factor in [max(0, 1 - 0.8 s), 1 + 0.8 s]
+    contrast    float32 [n]    factor in [max(0, 1 - 0.8 s), 1 + 0.8 s]
+    saturation  float32 [n]    factor in [max(0, 1 - 0.8 s), 1 + 0.8 s]
+    hue         float32 [n]    shift in [-0.2 s, 0.2 s] (turns of the colour wheel)
+    order       int64 [n, 4]   permutation of the jitter ops (0 brightness, 1 contrast,
+                               2 saturation, 3 hue: torchvision's ColorJitter ids)
+    gray        bool  [n]      convert to grayscale (3 equal channels)
+    blur        bool  [n]      Gaussian blur
+    sigma       float32 [n]    blur sigma in pixels of the output image
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from .config import AugmentConfig
+
+__all__ = [
+    "apply_geometric",
+    "apply_params",
+    "apply_photometric",
+    "batch_generator",
+    "blur_kernel_size",
+    "eval_transform",
+    "sample_params",
+    "save_preview",
+    "simclr_views",
+]
+
+# ITU-R 601 luma weights, as in torchvision's rgb_to_grayscale.
+_LUMA = (0.2989, 0.587, 0.114)
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = 0, 1, 2, 3
+_CROP_TRIES = 10  # torchvision's RandomResizedCrop tries 10 boxes before falling back to a centre crop
+
+
+def batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """CPU generator for the augmentation parameters of one global batch.
+
+    Args:
+        seed: run seed.
+        epoch: epoch index.
+        step: step index within the epoch (or global step; any int, as long as it is used consistently).
+
+    Returns:
+        A ``torch.Generator`` on the CPU, seeded with a 63-bit hash of (seed, epoch, step) that is the
+        same in every process and Python session.
+    """
+    digest = hashlib.blake2b(f"simclr-augment:{seed}:{epoch}:{step}".encode(), digest_size=8).digest()
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return g
+
+
+def _sample_crops(u_scale: Tensor, u_ratio: Tensor, u_pos: Tensor, size: int, cfg: AugmentConfig) -> Tensor:
+    """RandomResizedCrop boxes from uniforms (float64): [n, 10], [n, 10], [n, 2] -> int64 [n, 4]."""
+    area = float(size * size)
+    lo, hi = cfg.scale
+    log_r0, log_r1 = math.log(cfg.ratio[0]), math.log(cfg.ratio[1])
+    target_area = area * (lo + (hi - lo) * u_scale)
+    aspect = torch.exp(log_r0 + (log_r1 - log_r0) * u_ratio)
+    # torch.round rounds half to even, like Python's round() in torchvision.
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    ok = (w > 0) & (w <= size) & (h > 0) & (h <= size)
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # first successful try (argmax is first max)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+    found = ok.any(dim=1)
+
+    # Fallback for a square source: centre crop at the nearest allowed aspect ratio.
+    if 1.0 < min(cfg.ratio):
+        fw, fh = size, int(round(size / min(cfg.ratio)))
+    elif 1.0 > max(cfg.ratio):
+        fw, fh = int(round(size * max(cfg.ratio))), size
+    else:
+        fw, fh = size, size
+    w = torch.where(found, w, float(fw))
+    h = torch.where(found, h, float(fh))
+    top = torch.floor(u_pos[:, 0] * (size - h + 1)).clamp(max=size - h)
+    left = torch.floor(u_pos[:, 1] * (size - w + 1)).clamp(max=size - w)
+    top = torch.where(found, top, torch.div(size - h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(size - w, 2, rounding_mode="floor"))
+    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
+
+
+def sample_params(
+    n: int, src_size: int, out_size: int, cfg: AugmentConfig, generator: torch.Generator
+) -> dict[str, Tensor]:
+    """Draw independent augmentation parameters for ``n`` samples.
+
+    All randomness comes from one draw of ``generator`` (a CPU generator), so the result depends only
+    on its state, never on the device the views are computed on.
+
+    Args:
+        n: number of samples.
+        src_size: side (px) of the square source images.
+        out_size: side (px) of the views; the parameters do not depend on it (blur sigma is already in
+            output pixels) but it is part of the interface so callers state what they will apply.
+        cfg: augmentation settings.
+        generator: CPU generator, e.g. from :func:`batch_generator`.
+
+    Returns:
+        The parameter dictionary described in the module docstring; every tensor has leading dim ``n``.
+    """
+    if src_size < 1 or out_size < 1:
+        raise ValueError(f"sizes must be positive, got src_size={src_size}, out_size={out_size}")
+    t = _CROP_TRIES
+    u = torch.rand(n, 2 * t + 15, generator=generator, dtype=torch.float64)
+    crop = _sample_crops(u[:, :t], u[:, t : 2 * t], u[:, 2 * t : 2 * t + 2], src_size, cfg)
+    c = 2 * t + 2
+    s = cfg.jitter_strength
+    f_lo, f_hi = max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s
+    h_max = min(0.2 * s, 0.5)  # torchvision's adjust_hue accepts shifts in [-0.5, 0.5]
+    factors = (f_lo + (f_hi - f_lo) * u[:, c + 2 : c + 5]).float()
+    s_lo, s_hi = cfg.blur_sigma
+    return {
+        "crop": crop,
+        "flip": u[:, c] < cfg.hflip,
+        "jitter": u[:, c + 1] < cfg.jitter_p,
+        "brightness": factors[:, 0].contiguous(),
+        "contrast": factors[:, 1].contiguous(),
+        "saturation": factors[:, 2].contiguous(),
+        "hue": ((2.0 * u[:, c + 5] - 1.0) * h_max).float(),
+        "order": u[:, c + 6 : c + 10].argsort(dim=1),  # a uniformly random permutation per row
+        "gray": u[:, c + 10] < cfg.gray_p,
+        "blur": u[:, c + 11] < cfg.blur_p,
+        "sigma": (s_lo + (s_hi - s_lo) * u[:, c + 12]).float(),
+    }
+
+
+def _to_float01(images: Tensor) -> Tensor:
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def apply_geometric(images: Tensor, params: dict[str, Tensor], out_size: int) -> Tensor:
+    """Crop, resize and flip every image with its own box.
+
+    The crop is resampled bilinearly with RoIAlign (pixel-centre aligned), one sample per output pixel
+    when enlarging, which is torchvision's bilinear ``resized_crop``; when shrinking, RoIAlign averages
+    ``ceil(box / out)`` samples per pixel, which stands in for torchvision's antialiasing. Samples near
+    the crop border may read the neighbouring source pixels instead of repeating the edge pixel.
+
+    Args:
+        images: uint8 [n, 3, H, W] (or float in [0, 1]), any device.
+        params: from :func:`sample_params` (rows matching ``images``).
+        out_size: side (px) of the output.
+
+    Returns:
+        float32 [n, 3, out_size, out_size] in [0, 1], on the device of ``images``.
+    """
+    n = images.shape[0]
+    dev = images.device
+    crop = params["crop"].to(torch.float32)
+    top, left, h, w = crop.unbind(dim=1)
+    boxes = torch.stack([torch.arange(n, dtype=torch.float32), left, top, left + w, top + h], dim=1)
+    x = images.float() if images.dtype != torch.float32 else images
+    out = roi_align(x, boxes.to(dev), output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    if images.dtype == torch.uint8:
+        out.div_(255.0)
+    flip = params["flip"].to(dev).view(-1, 1, 1, 1)
+    return torch.where(flip, out.flip(-1), out)
+
+
+def _gray(x: Tensor) -> Tensor:
+    """[n, 3, H, W] -> [n, 1, H, W] luma, as torchvision's rgb_to_grayscale on floats."""
+    r, g, b = x.unbind(dim=1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the HSV hue of each image by its own shift; x [m, 3, H, W] in [0, 1], shift [m]."""
+    r, g, b = x.unbind(dim=1)
+    maxc = x.amax(dim=1)
+    minc = x.amin(dim=1)
+    chroma = maxc - minc
+    # Grey pixels (chroma 0) have no hue; any value works since the output is maxc there.
+    safe = torch.where(chroma == 0, torch.ones_like(chroma), chroma)
+    rc = (maxc - r) / safe
+    gc = (maxc - g) / safe
+    bc = (maxc - b) / safe
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    h6 = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.remainder(h6 / 6.0 + shift.view(-1, 1, 1), 1.0)
+    # HSV -> RGB with S and V unchanged: channel = V - chroma * clamp(min(k, 4 - k), 0, 1),
+    # k = (n + 6 h) mod 6 with n = 5, 3, 1 for R, G, B.
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k = torch.remainder(offsets + 6.0 * hue.unsqueeze(1), 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * ramp
+
+
+def blur_kernel_size(out_size: int) -> int:
+    """Gaussian blur kernel side: about 10% of the image side, odd, at least 3 (23 for 224 px)."""
+    k = int(0.1 * out_size)
+    if k % 2 == 0:
+        k += 1
+    return max(3, k)
+
+
+def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """Separable Gaussian blur with a per-image sigma; x [m, 3, H, W], sigma [m]; reflect padding."""
+    m, c, hgt, wid = x.shape
+    k = blur_kernel_size(min(hgt, wid))
+    half = (k - 1) * 0.5
+    pos = torch.linspace(-half, half, k, device=x.device, dtype=x.dtype)
+    pdf = torch.exp(-0.5 * (pos.view(1, k) / sigma.view(m, 1)) ** 2)
+    kern = (pdf / pdf.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [m * c, k]
+    y = F.pad(x.reshape(1, m * c, hgt, wid), (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+    y = F.conv2d(y, kern.view(m * c, 1, k, 1), groups=m * c)
+    y = F.conv2d(y, kern.view(m * c, 1, 1, k), groups=m * c)
+    return y.view(m, c, hgt, wid)
+
+
+def _rows(mask: Tensor) -> Tensor:
+    # The parameters live on the CPU, so finding the selected rows costs no device synchronisation.
+    return mask.cpu().nonzero().flatten()
+
+
+def apply_photometric(x01: Tensor, params: dict[str, Tensor], cfg: AugmentConfig) -> Tensor:
+    """Colour jitter (random order per sample), grayscale, Gaussian blur and normalisation.
+
+    Args:
+        x01: float [n, 3, H, W] in [0, 1] (e.g. from :func:`apply_geometric`), any device; not modified.
+        params: from :func:`sample_params` (rows matching ``x01``).
+        cfg: augmentation settings (``mean`` and ``std`` for the normalisation).
+
+    Returns:
+        float32 [n, 3, H, W], normalised with ``cfg.mean`` / ``cfg.std``.
+    """
+    dev = x01.device
+    x = x01.to(torch.float32, copy=True)
+    n = x.shape[0]
+    jitter = params["jitter"].cpu()
+    order = params["order"].cpu()
+    # Factor per op id; the hue slot is 1 so that the blend below is the identity for hue rows.
+    factors = torch.stack(
+        [params["brightness"].cpu(), params["contrast"].cpu(), params["saturation"].cpu(), torch.ones(n)], dim=1
+    )
+    hue = params["hue"].cpu()
+    for pos in range(4):  # loop over the 4 positions of the per-sample op order, not over images
+        op = order[:, pos]
+        blend = jitter & (op != _HUE)
+        if bool(blend.any()):
+            # brightness, contrast and saturation are all blend(x, ref, a) = clamp(a x + (1 - a) ref):
+            # ref = 0, the mean luma of the image, or the per-pixel luma respectively.
+            a = torch.where(blend, factors.gather(1, op.view(-1, 1)).squeeze(1), 1.0)
+            a = a.to(dev).view(-1, 1, 1, 1)
+            op_d = op.to(dev).view(-1, 1, 1, 1)
+            luma = _gray(x)
+            ref = torch.where(
+                op_d == _SATURATION, luma, torch.where(op_d == _CONTRAST, luma.mean(dim=(2, 3), keepdim=True), 0.0)
+            )
+            x = (a * x + (1.0 - a) * ref).clamp_(0.0, 1.0)
+        idx = _rows(jitter & (op == _HUE) & (hue != 0))
+        if idx.numel():
+            idx_d = idx.to(dev)
+            x.index_copy_(0, idx_d, _adjust_hue(x.index_select(0, idx_d), hue[idx].to(dev)))
+    idx = _rows(params["gray"])
+    if idx.numel():
+        idx_d = idx.to(dev)
+        x.index_copy_(0, idx_d, _gray(x.index_select(0, idx_d)).expand(-1, 3, -1, -1))
+    idx = _rows(params["blur"])
+    if idx.numel():
+        idx_d = idx.to(dev)
+        sigma = params["sigma"].cpu()[idx].to(dev)
+        x.index_copy_(0, idx_d, _gaussian_blur(x.index_select(0, idx_d), sigma))
+    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def apply_params(images: Tensor, params: dict[str, Tensor], out_size: int, cfg: AugmentConfig) -> Tensor:
+    """Apply drawn parameters: ``apply_photometric(apply_geometric(images, params, out_size), params, cfg)``.
+
+    Args:
+        images: uint8 [n, 3, H, W], any device.
+        params: from :func:`sample_params` (rows matching ``images``).
+        out_size: side (px) of the views.
+        cfg: augmentation settings.
+
+    Returns:
+        float32 [n, 3, out_size, out_size], normalised, on the device of ``images``.
+    """
+    if images.shape[0] != params["crop"].shape[0]:
+        raise ValueError(f"{images.shape[0]} images but parameters for {params['crop'].shape[0]} samples")
+    return apply_photometric(apply_geometric(images, params, out_size), params, cfg)
+
+
+def simclr_views(
+    images: Tensor,
+    cfg: AugmentConfig,
+    out_size: int,
+    seed: int,
+    epoch: int,
+    step: int,
+    global_batch: int | None = None,
+    offset: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Two augmented views of a batch (SimCLR, Chen et al. 2020).
+
+    Parameters are drawn for the whole global batch from :func:`batch_generator` (all of view 0, then
+    all of view 1) and rows ``[offset, offset + len(images))`` are applied, so a process holding a slice
+    of the global batch gets exactly its rows of the single-process views.
+
+    Args:
+        images: uint8 [n, 3, S, S], any device.
+        cfg: augmentation settings.
+        out_size: side (px) of the views.
+        seed, epoch, step: identify the global batch.
+        global_batch: rows in the global batch (default ``n``).
+        offset: index of ``images[0]`` in the global batch.
+
+    Returns:
+        (view0, view1), each float32 [n, 3, out_size, out_size], normalised.
+    """
+    n, _, hgt, wid = images.shape
+    if hgt != wid:
+        raise ValueError(f"expected square images, got {hgt}x{wid}")
+    total = n if global_batch is None else global_batch
+    if offset < 0 or offset + n > total:
+        raise ValueError(f"rows [{offset}, {offset + n}) do not fit in a global batch of {total}")
+    g = batch_generator(seed, epoch, step)
+    views = []
+    for _ in range(2):
+        p = sample_params(total, hgt, out_size, cfg, g)
+        p = {k: v[offset : offset + n] for k, v in p.items()}
+        views.append(apply_params(images, p, out_size, cfg))
+    return views[0], views[1]
+
+
+def eval_transform(images: Tensor, out_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Deterministic transform for feature extraction: resize (bilinear, antialiased) and normalise.
+
+    Args:
+        images: uint8 [n, 3, H, W], any device.
+        out_size: side (px) of the output; images already at that size are not resampled.
+        mean, std: per-channel normalisation.
+
+    Returns:
+        float32 [n, 3, out_size, out_size].
+    """
+    x = _to_float01(images)
+    if x.shape[-2] != out_size or x.shape[-1] != out_size:
+        x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
+        x = x.clamp_(0.0, 1.0)
+    m = torch.tensor(tuple(mean), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(tuple(std), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def save_preview(
+    images: Tensor, cfg: AugmentConfig, out_size: int, path: str | Path, seed: int = 0, min_cell: int = 96
+) -> Path:
+    """Write a PNG grid: one row per image with the original (resized), view 1 and view 2.
+
+    Args:
+        images: uint8 [k, 3, H, W], any device.
+        cfg: augmentation settings.
+        out_size: side (px) of the views.
+        path: PNG file to write (parent folders are created).
+        seed: seed of the views (epoch 0, step 0).
+        min_cell: small images are enlarged (nearest neighbour) to at least this many pixels per cell.
+
+    Returns:
+        The path written.
+    """
+    from PIL import Image  # only needed here
+
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+    with torch.no_grad():
+        v0, v1 = simclr_views(images, cfg, out_size, seed, 0, 0)
+        orig = eval_transform(images, out_size, cfg.mean, cfg.std)
+    cols = [(t.cpu() * std + mean).clamp(0, 1) for t in (orig, v0, v1)]
+    grid = torch.stack(cols, dim=1)  # [k, 3 columns, 3, s, s]
+    scale = max(1, math.ceil(min_cell / out_size))
+    k, pad, cell = grid.shape[0], 4, out_size * scale
+    canvas = torch.ones(3, k * (cell + pad) + pad, 3 * (cell + pad) + pad)
+    for row in range(k):
+        for col in range(3):
+            tile = grid[row, col]
+            if scale > 1:
+                tile = tile.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+            y, x = pad + row * (cell + pad), pad + col * (cell + pad)
+            canvas[:, y : y + cell, x : x + cell] = tile
+    arr = (canvas * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format="PNG")
+    return path

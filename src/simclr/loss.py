@@ -1,0 +1,150 @@
+"""NT-Xent, the SimCLR contrastive loss, and a cross-process gather that keeps gradients.
+
+Reference: Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020, eq. (1).
+
+Under DDP every process holds N images (2N projections). The loss of one process uses its own 2N
+projections as anchors and the projections of ALL processes as candidates, so the negatives come from
+the global batch of 2 * world * N projections. The per-process loss is the mean over its 2N local
+anchors; DDP averages parameter gradients over processes, which gives the gradient of the mean over
+all 2 * world * N anchors, i.e. exactly the single-process loss on the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["all_gather_with_grad", "nt_xent"]
+
+
+def _world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _all_gather_into(out: Tensor, x: Tensor) -> None:
+    # torch 2.14 deprecates all_gather_into_tensor in favour of all_gather_single; older releases
+    # (the project supports torch >= 2.4) only have the former.
+    gather_fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather_fn(out, x)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends every process the gradient of its own rows from all losses."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        world = dist.get_world_size()
+        ctx.rank = dist.get_rank()
+        ctx.n = x.shape[0]
+        x = x.contiguous()
+        out = x.new_empty((world * x.shape[0], *x.shape[1:]))
+        _all_gather_into(out, x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> Tensor:  # type: ignore[override]
+        # Process r's loss depends on every process's rows, so d(sum of all losses)/d(my rows) is the
+        # sum over processes of the gradient each computed for my slice. Clone: all_reduce is in place
+        # and grad_out may be shared with other consumers of the graph.
+        grad = grad_out.contiguous().clone()
+        start = ctx.rank * ctx.n
+        return grad[start : start + ctx.n]
+
+
+def all_gather_with_grad(x: Tensor) -> Tensor:
+    """Gather ``x`` from all processes, differentiably.
+
+    Forward: ``all_gather`` along dim 0, rows ordered by rank. Backward: ``all_reduce(SUM)`` of the
+    incoming gradient, then this process's slice, so each process receives the gradient of its own
+    inputs with respect to the SUM of all processes' losses (a plain ``all_gather`` returns tensors
+    without ``grad_fn`` and silently drops the gradient that other processes' losses send back).
+
+    Every process must call this with a tensor of the same shape, and every process must run the
+    backward pass (it is a collective).
+
+    Args:
+        x: Tensor [N, ...] on this process.
+
+    Returns:
+        Tensor [world_size * N, ...]; rows ``rank * N : (rank + 1) * N`` are this process's ``x``.
+        ``x`` itself when torch.distributed is not initialised or world_size is 1.
+    """
+    if _world_size() == 1:
+        return x
+    return _AllGatherWithGrad.apply(x)
+
+
+def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = True) -> Tensor:
+    """Normalised temperature-scaled cross-entropy (NT-Xent) loss of SimCLR, Chen et al. 2020 eq. (1).
+
+    Each of the 2N projections is an anchor: its positive is the other view of the same image, its
+    negatives are the other 2N - 2 projections (2 * world * N - 2 under DDP with ``gather``), and its
+    similarity with itself is excluded. Similarities are cosine similarities divided by
+    ``temperature``; the loss for anchor i is ``-log softmax(sim_i / T)[positive(i)]``, computed with
+    log-sum-exp in at least float32 (bf16/fp16 inputs are upcast, autocast is disabled inside).
+
+    Under torch.distributed with world_size > 1 and ``gather=True``, the projections of all processes
+    are gathered with :func:`all_gather_with_grad`; this process's rows are the anchors (row i of this
+    process sits at global index ``rank * N + i``) and the result is the mean over its 2N local
+    anchors. DDP's gradient averaging then yields the gradient of the mean over the global batch.
+    All processes must pass the same N.
+
+    Args:
+        z0: Projections of view 0, [N, D].
+        z1: Projections of view 1, [N, D]; row i is the same image as ``z0[i]``.
+        temperature: Softmax temperature T > 0 (0.5 for CIFAR in the paper, 0.1 for ImageNet).
+        gather: Use negatives from all processes when distributed; False keeps the loss local.
+
+    Returns:
+        Scalar tensor (float32, or float64 for float64 inputs): mean loss over the local anchors.
+
+    Raises:
+        ValueError: if the shapes differ, are not 2-D, N is 0, or temperature is not positive.
+    """
+    if z0.dim() != 2 or z0.shape != z1.shape:
+        raise ValueError(f"nt_xent expects z0 and z1 of the same shape [N, D], got {tuple(z0.shape)} "
+                         f"and {tuple(z1.shape)}")
+    if z0.shape[0] == 0:
+        raise ValueError("nt_xent needs at least one pair (N >= 1)")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    n = z0.shape[0]
+    dtype = torch.promote_types(torch.promote_types(z0.dtype, z1.dtype), torch.float32)
+    # Autocast would run the similarity matmul in bf16/fp16 even on fp32 inputs; at T = 0.05 that
+    # rounding (logits up to 20, bf16 step 0.125) is visible in the loss.
+    with torch.autocast(device_type=z0.device.type, enabled=False):
+        z0 = F.normalize(z0.to(dtype), dim=1)
+        z1 = F.normalize(z1.to(dtype), dim=1)
+
+        world = _world_size() if gather else 1
+        if world > 1:
+            # One collective for both views: [N, 2D] -> [world * N, 2D].
+            both = all_gather_with_grad(torch.cat([z0, z1], dim=1))
+            d = z0.shape[1]
+            keys = torch.cat([both[:, :d], both[:, d:]])  # [2 * world * N, D]: all view 0, then all view 1
+            offset = dist.get_rank() * n
+        else:
+            keys = torch.cat([z0, z1])  # [2N, D]
+            offset = 0
+        total = world * n
+
+        anchors = torch.cat([z0, z1])  # [2N, D]
+        logits = anchors @ keys.T / temperature  # [2N, 2 * world * N]
+
+        i = torch.arange(n, device=logits.device)
+        # Global column of each anchor (view 0 block first) and of its positive (the other view).
+        self_idx = torch.cat([offset + i, total + offset + i])
+        pos_idx = torch.cat([total + offset + i, offset + i])
+        rows = torch.arange(2 * n, device=logits.device)
+        self_mask = torch.zeros_like(logits, dtype=torch.bool)
+        self_mask[rows, self_idx] = True
+        logits = logits.masked_fill(self_mask, float("-inf"))
+
+        # cross_entropy = logsumexp(row) - logit[positive], mean over the 2N local anchors.
+        return F.cross_entropy(logits, pos_idx)

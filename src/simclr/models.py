@@ -1,0 +1,91 @@
+"""Backbones (torchvision ResNets with an optional CIFAR stem), the projection head and the SimCLR module."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ConfigError
+
+# name -> torchvision constructor; a plain dict registry in the timm style
+BACKBONES = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+}
+
+
+def use_cifar_stem(stem: str, image_size: int) -> bool:
+    """``auto`` picks the CIFAR stem (3x3 conv, stride 1, no max-pool) for images of 64 px or less."""
+    return stem == "cifar" or (stem == "auto" and image_size <= 64)
+
+
+class Backbone(nn.Module):
+    """A ResNet whose output is the pooled feature vector (optionally followed by a linear layer).
+
+    Input ``[B, 3, H, W]`` normalised images; output ``[B, out_dim]``.
+    """
+
+    def __init__(self, name: str = "resnet18", cifar_stem: bool = True, feature_dim: int | None = None):
+        super().__init__()
+        if name not in BACKBONES:
+            raise ConfigError(f"model.backbone: unknown backbone {name!r}; allowed values: {', '.join(BACKBONES)}")
+        net = BACKBONES[name](weights=None)
+        if cifar_stem:
+            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        pooled = net.fc.in_features
+        # The notebook project ends the backbone in a linear layer (512 -> 256); the standard recipe does not.
+        net.fc = nn.Linear(pooled, feature_dim) if feature_dim else nn.Identity()
+        self.net = net
+        self.name = name
+        self.out_dim = feature_dim or pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ProjectionHead(nn.Module):
+    """MLP ``in_dim -> hidden... -> out_dim`` with BatchNorm + ReLU after each hidden layer (Chen et al. 2020)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int = 128, batch_norm: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers.append(nn.Linear(d, h, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(nn.ReLU(inplace=True))
+            d = h
+        layers.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class SimCLR(nn.Module):
+    """Encoder f and projection head g: ``x [B,3,H,W] -> (h = f(x) [B, F], z = g(h) [B, proj_dim])``."""
+
+    def __init__(self, backbone: Backbone, head: ProjectionHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)
+        return h, self.head(h)
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    return Backbone(cfg.backbone, use_cifar_stem(cfg.stem, cfg.image_size), cfg.feature_dim)
+
+
+def build_model(cfg: ModelConfig) -> SimCLR:
+    """The SimCLR module described by ``cfg`` (random init)."""
+    backbone = build_backbone(cfg)
+    return SimCLR(backbone, ProjectionHead(backbone.out_dim, list(cfg.proj_hidden), cfg.proj_dim, cfg.proj_bn))

@@ -1,0 +1,111 @@
+"""Optimizers (Adam, Nesterov SGD, LARS), parameter groups and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights with decay; BatchNorm parameters and biases (1-d tensors) without decay or LARS
+    adaptation, as in Chen et al. 2020 and You et al. 2017."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017) on SGD with momentum.
+
+    For each parameter not excluded: ``trust = eta * ||w|| / (||g + wd * w||)``, update = lr * trust * (g + wd*w),
+    accumulated in a momentum buffer. Groups with ``lars_exclude=True`` (BN, bias) take plain SGD steps.
+    """
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if not group["lars_exclude"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    g = g * trust
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    buf.mul_(group["momentum"]).add_(g)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
+    """Peak learning rate: ``lr * batch_size / 256`` when ``scale_lr`` (Goyal et al. 2017), else ``lr``."""
+    return cfg.lr * batch_size / 256 if cfg.scale_lr else cfg.lr
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module, batch_size: int) -> torch.optim.Optimizer:
+    """Optimizer over ``model``'s parameters with the peak learning rate for ``batch_size`` (global batch)."""
+    lr = scaled_lr(cfg, batch_size)
+    groups = param_groups(model, cfg.weight_decay)
+    fused = {"foreach": True}
+    if cfg.name == "adam":
+        # Adam's L2 decay acts through the gradient (torch.optim.Adam semantics, as in the notebook project).
+        return torch.optim.Adam(groups, lr=lr, **fused)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **fused)
+    return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedule: str = "cosine", final_ratio: float = 0.0) -> float:
+    """Learning rate at optimizer step ``step`` (0-based), stepped per iteration.
+
+    Linear warmup from ``peak_lr / warmup_steps`` to ``peak_lr`` over the first ``warmup_steps`` steps, then
+    ``cosine``: half-cosine decay from ``peak_lr`` to ``final_ratio * peak_lr`` at ``total_steps``; or ``constant``.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak_lr
+    decay_steps = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / decay_steps)
+    final = final_ratio * peak_lr
+    return final + (peak_lr - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class Schedule:
+    """Sets every param group's ``lr`` from :func:`lr_at` for a given global step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, batch_size: int, steps_per_epoch: int, epochs: int):
+        self.optimizer = optimizer
+        self.peak = scaled_lr(cfg, batch_size)
+        self.total = steps_per_epoch * epochs
+        self.warmup = min(self.total, round(cfg.warmup_epochs * steps_per_epoch))
+        self.schedule = cfg.schedule
+        self.final_ratio = cfg.final_lr_ratio
+
+    def __call__(self, step: int) -> float:
+        lr = lr_at(step, self.total, self.warmup, self.peak, self.schedule, self.final_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr

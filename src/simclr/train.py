@@ -1,0 +1,324 @@
+"""SimCLR pretraining: ``pretrain(cfg)`` sets things up once, ``train_one_epoch`` is the loop, top to bottom."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import augment
+from .checkpoint import atomic_save, atomic_write_bytes, config_differences, load_checkpoint, save_weights
+from .config import Config, save_config, to_dict
+from .data import ImageData, load_split, make_splits
+from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .evaluate import knn_accuracy
+from .loss import nt_xent
+from .models import SimCLR, build_model
+from .optim import Schedule, build_optimizer
+from .runtime import Dist, autocast, barrier, init_distributed, resolve_precision, seed_everything
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint so that a resumed run continues exactly."""
+
+    epoch: int = 0  # current epoch, 0-based
+    step_in_epoch: int = 0  # next step to run within the epoch
+    global_step: int = 0  # optimizer steps taken (skipped non-finite steps included)
+    epoch_loss_sum: float = 0.0  # sum of finite step losses in the current epoch
+    epoch_loss_steps: int = 0
+    epoch_time: float = 0.0  # seconds spent in the current epoch before the last checkpoint
+    nonfinite_skipped: int = 0
+    wall_time: float = 0.0  # seconds of training before this process started
+    history: list[dict] = field(default_factory=list)  # metrics lines of finished epochs
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Data order for an epoch: a function of (seed, epoch) only, never of the rank or the process count."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+    return torch.randperm(n, generator=g)
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> None:
+    atomic_save(
+        {
+            "version": 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": {k: v for k, v in state.__dict__.items()},
+            "config": to_dict(cfg),
+        },
+        path,
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    images: torch.Tensor,
+    cfg: Config,
+    state: TrainState,
+    rt: Dist,
+    precision: str,
+    on_checkpoint=None,
+    log=print,
+) -> None:
+    """One epoch over device-resident uint8 ``images`` [N,3,S,S], from ``state.step_in_epoch`` to the end.
+
+    Each process takes its ``batch_size / world_size`` rows of every global batch; the data order and the
+    augmentation parameters depend only on (seed, epoch, step), so the views do not depend on the process count.
+    """
+    B = cfg.train.batch_size
+    b = B // rt.world_size
+    steps = len(images) // B  # drop the last partial batch: NT-Xent wants full batches
+    perm = epoch_permutation(len(images), cfg.train.seed, state.epoch).to(images.device)
+    model.train()
+    show = cfg.train.progress and rt.is_main and sys.stderr.isatty()
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    done_since_t0 = 0
+    for it in range(state.step_in_epoch, steps):
+        idx = perm[it * B : (it + 1) * B][rt.rank * b : (rt.rank + 1) * b]
+        x = images[idx]  # uint8 [b,3,S,S], already on the device
+        with torch.no_grad():
+            v0, v1 = augment.simclr_views(x, cfg.augment, cfg.model.image_size, cfg.train.seed, state.epoch, it, global_batch=B, offset=rt.rank * b)
+            views = torch.cat([v0, v1])  # [2b,3,H,W]: one forward, BN sees both views as in the paper
+            if cfg.train.channels_last:
+                views = views.contiguous(memory_format=torch.channels_last)
+        lr = schedule(state.global_step)
+        with autocast(images.device, precision):
+            _, z = model(views)
+        z0, z1 = z.float().chunk(2)
+        loss = nt_xent(z0, z1, cfg.train.temperature)
+        finite = torch.isfinite(loss.detach()).float()
+        if rt.distributed:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips (or stops) together
+        loss_value = loss.item()
+        if finite.item() < 1:
+            state.nonfinite_skipped += 1
+            if state.nonfinite_skipped > cfg.train.skip_nonfinite:
+                raise NonFiniteLossError(
+                    f"the loss became {loss_value} at epoch {state.epoch + 1}, step {it + 1} (global step {state.global_step + 1}); "
+                    f"likely causes: learning rate too high (optim.lr={cfg.optim.lr}, now {lr:.4g}), temperature too low "
+                    f"(train.temperature={cfg.train.temperature}) or reduced precision (train.precision={precision}; try --precision fp32). "
+                    "The last good checkpoint is kept: change the setting and continue with --resume, or allow a few bad "
+                    "steps with --skip-nonfinite N"
+                )
+            log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{cfg.train.skip_nonfinite})")
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.epoch_loss_sum += loss_value
+            state.epoch_loss_steps += 1
+        state.global_step += 1
+        state.step_in_epoch = it + 1
+        done_since_t0 += B
+        if bar is not None:
+            rate = done_since_t0 / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+            bar.update(1)
+        every = cfg.train.checkpoint_every
+        if on_checkpoint is not None and every and state.global_step % every == 0 and state.step_in_epoch < steps:
+            state.epoch_time += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            done_since_t0 = 0
+            on_checkpoint()
+    state.epoch_time += time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+
+
+def _labeled_sets(cfg: Config, seed: int, log) -> tuple[ImageData, ImageData | None, ImageData | None]:
+    """(pretraining images, kNN bank, kNN queries): the monitor never looks at the test set."""
+    if cfg.data.name == "stl10":
+        pre = load_split(cfg.data, "unlabeled", cfg.model.image_size, seed=seed, log=log)
+        labeled = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
+        splits = make_splits(labeled, cfg.data, seed)
+    else:
+        data = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
+        splits = make_splits(data, cfg.data, seed)
+        pre, labeled = data.subset(splits["pretrain"]), data
+    if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
+        return pre, None, None
+    return pre, labeled.subset(splits["labeled_train"]), labeled.subset(splits["labeled_val"])
+
+
+def unwrap(model: nn.Module) -> SimCLR:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=print) -> Path:
+    """Train a SimCLR encoder as configured and leave a self-describing run directory ``cfg.out``.
+
+    The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt``, ``backbone.safetensors``,
+    ``projection_head.safetensors``, ``run.json``, TensorBoard events and ``plots/``. Returns its path.
+    """
+    rt = init_distributed(cfg.train.device)
+    try:
+        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None))
+    finally:
+        if rt.distributed:
+            dist.destroy_process_group()
+
+
+def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> Path:
+    started = time.perf_counter()
+    device = rt.device
+    precision = resolve_precision(cfg.train.precision, device)
+    B = cfg.train.batch_size
+    if B % rt.world_size:
+        raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
+    run_dir = Path(cfg.out)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    saved = None
+    if resume:
+        saved = load_checkpoint(ckpt_path)
+        diffs = config_differences(saved["config"], to_dict(cfg))
+        if diffs:
+            raise CheckpointError(
+                f"--resume refused: the config differs from the run in {run_dir} in keys that change the model or data: "
+                + "; ".join(diffs) + ". Use the original values, or start a new run with another --out"
+            )
+    elif ckpt_path.exists():
+        raise ConfigError(f"{run_dir} already holds a run (checkpoints/last.pt); continue it with --resume or choose another --out")
+
+    seed_everything(cfg.train.seed)
+    pre, bank, queries = _labeled_sets(cfg, cfg.train.seed, log)
+    steps_per_epoch = len(pre) // B
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
+    images = pre.images.to(device, non_blocking=True)
+    log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
+        + (f", {rt.world_size} processes" if rt.distributed else ""))
+
+    model = build_model(cfg.model).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and rt.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(cfg.optim, model, B)
+    schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs)
+    state = TrainState()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = TrainState(**saved["state"])
+        log(f"resumed from {ckpt_path} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+    net: nn.Module = model
+    if rt.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
+
+    writer = None
+    if rt.is_main:
+        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml", {"command": command or "", "kind": "simclr"})
+        # metrics.jsonl holds each finished epoch once, also after a resume
+        atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
+        if cfg.train.preview and saved is None:
+            augment.save_preview(pre.images[:8], cfg.augment, cfg.model.image_size, run_dir / "plots" / "augment_preview.png", seed=cfg.train.seed)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:  # tensorboard is a declared dependency; a broken install should not stop training
+            writer = None
+
+    def checkpoint() -> None:
+        if rt.is_main:
+            state.wall_time += time.perf_counter() - started_ckpt[0]
+            started_ckpt[0] = time.perf_counter()
+            save_checkpoint(ckpt_path, model, optimizer, state, cfg)
+        barrier()
+
+    started_ckpt = [time.perf_counter()]
+    while state.epoch < cfg.train.epochs:
+        epoch_start_step = state.step_in_epoch
+        train_one_epoch(net, optimizer, schedule, images, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
+        done = state.epoch + 1
+        seen = (steps_per_epoch - epoch_start_step) * B
+        line = {
+            "epoch": done,
+            "step": state.global_step,
+            "loss": state.epoch_loss_sum / max(state.epoch_loss_steps, 1) if state.epoch_loss_steps else float("nan"),
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_sec": seen / max(state.epoch_time, 1e-9),
+            "epoch_time_s": state.epoch_time,
+        }
+        k = cfg.train.knn_every
+        if bank is not None and ((k and done % k == 0) or done == cfg.train.epochs):
+            if rt.is_main:
+                line["knn_accuracy"] = knn_accuracy(
+                    unwrap(net).backbone, bank, queries, cfg.model.image_size, cfg.augment, device, precision,
+                    k=cfg.train.knn_k, t=cfg.train.knn_t, batch_size=max(B, 256),
+                )
+            barrier()
+        state.history.append(line)
+        state.epoch, state.step_in_epoch = done, 0
+        state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
+        if rt.is_main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+            if writer is not None:
+                for key in ("loss", "lr", "images_per_sec", "knn_accuracy"):
+                    if key in line and math.isfinite(line[key]):
+                        writer.add_scalar(f"pretrain/{key}", line[key], done)
+                writer.flush()
+            knn = f", kNN {line['knn_accuracy']:.4f}" if "knn_accuracy" in line else ""
+            log(f"epoch {done}/{cfg.train.epochs}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, "
+                f"{line['images_per_sec']:.0f} img/s{knn}")
+        checkpoint()
+
+    if rt.is_main:
+        finish_run(run_dir, unwrap(net), cfg, state, precision)
+        if writer is not None:
+            writer.close()
+    barrier()
+    log(f"pretraining done in {time.perf_counter() - started:.0f} s: {run_dir}")
+    return run_dir
+
+
+def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, precision: str) -> None:
+    """Exports (safetensors), plots and ``run.json`` for a finished run."""
+    from . import plots
+
+    meta = {"config": json.dumps(to_dict(cfg)), "format": "simclr-1"}
+    save_weights(model.backbone, run_dir / "backbone.safetensors", meta)
+    save_weights(model.head, run_dir / "projection_head.safetensors", meta)
+    hist = state.history
+    if hist:
+        plots.plot_loss([h["epoch"] for h in hist], [h["loss"] for h in hist], run_dir / "plots" / "loss.png")
+        knn = [(h["epoch"], h["knn_accuracy"]) for h in hist if "knn_accuracy" in h]
+        if knn:
+            plots.plot_knn([e for e, _ in knn], [a for _, a in knn], run_dir / "plots" / "knn.png")
+    info = {
+        "kind": "simclr",
+        "method": cfg.name,
+        "backbone": cfg.model.backbone,
+        "batch_size": cfg.train.batch_size,
+        "proj_dim": cfg.model.proj_dim,
+        "epochs": cfg.train.epochs,
+        "optimizer": cfg.optim.name,
+        "precision": precision,
+        "wall_time_s": state.wall_time,
+        "data": cfg.data.name,
+        "finished": True,
+    }
+    atomic_write_bytes(json.dumps(info, indent=2).encode(), run_dir / "run.json")

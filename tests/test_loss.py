@@ -1,0 +1,177 @@
+"""NT-Xent against a hand-written per-anchor reference, plus its numerical and structural properties."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from simclr.loss import all_gather_with_grad, nt_xent
+
+
+def reference_per_anchor(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. (1) of Chen et al. 2020 written one anchor and one candidate at a time, in float64.
+
+    Anchor k in [0, 2N) is z0[k] for k < N and z1[k - N] otherwise; its positive is (k + N) mod 2N.
+    Returns the 2N per-anchor losses (differentiable with respect to z0 and z1).
+    """
+    z = torch.cat([z0, z1]).double()
+    two_n = z.shape[0]
+    n = two_n // 2
+    losses = []
+    for k in range(two_n):
+        pos = (k + n) % two_n
+        sims = [torch.dot(z[k], z[m]) / (z[k].norm() * z[m].norm()) / temperature for m in range(two_n)]
+        numerator = torch.exp(sims[pos])
+        denominator = sum(torch.exp(sims[m]) for m in range(two_n) if m != k)
+        losses.append(-torch.log(numerator / denominator))
+    return torch.stack(losses)
+
+
+def reference(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> torch.Tensor:
+    return reference_per_anchor(z0, z1, temperature).mean()
+
+
+def _pair(n: int, d: int, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z0 = torch.randn(n, d, generator=g, dtype=dtype)
+    # Correlated second view, so the positive is not just another random vector.
+    z1 = z0 + 0.7 * torch.randn(n, d, generator=g, dtype=dtype)
+    return z0, z1
+
+
+@pytest.mark.parametrize(("n", "d", "temperature"), [(1, 3, 0.5), (2, 4, 0.5), (5, 7, 0.1), (8, 16, 1.0),
+                                                     (6, 5, 0.05)])
+def test_value_and_gradients_match_naive_reference_fp64(n, d, temperature):
+    z0, z1 = _pair(n, d, seed=n * 100 + d)
+    a0, a1 = z0.clone().requires_grad_(), z1.clone().requires_grad_()
+    b0, b1 = z0.clone().requires_grad_(), z1.clone().requires_grad_()
+
+    loss = nt_xent(a0, a1, temperature=temperature)
+    expected = reference(b0, b1, temperature)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(a0.grad, b0.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(a1.grad, b1.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_inputs_match_fp64_reference():
+    z0, z1 = _pair(16, 32, seed=3)
+    a0 = z0.float().requires_grad_()
+    a1 = z1.float().requires_grad_()
+    loss = nt_xent(a0, a1, temperature=0.2)
+    assert loss.dtype == torch.float32
+    loss.backward()
+
+    b0, b1 = z0.clone().requires_grad_(), z1.clone().requires_grad_()
+    expected = reference(b0, b1, 0.2)
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a0.grad.double(), b0.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a1.grad.double(), b1.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e4, 1e15])
+def test_low_temperature_and_extreme_norms_are_finite_and_correct(scale):
+    z0, z1 = _pair(12, 16, seed=5)
+    # Near-duplicate rows make several logits close to the maximum 1 / T = 20.
+    z0[6:] = z0[:6] + 1e-3 * z0[6:]
+    z1[6:] = z1[:6] + 1e-3 * z1[6:]
+    expected = reference(z0, z1, 0.05)
+
+    a0 = (z0 * scale).float().requires_grad_()
+    a1 = (z1 * scale).float().requires_grad_()
+    loss = nt_xent(a0, a1, temperature=0.05)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(a0.grad).all() and torch.isfinite(a1.grad).all()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_inputs_close_to_float32():
+    z0, z1 = _pair(32, 64, seed=7, dtype=torch.float32)
+    h0 = z0.bfloat16().requires_grad_()
+    h1 = z1.bfloat16().requires_grad_()
+    loss = nt_xent(h0, h1, temperature=0.1)
+    loss.backward()
+
+    assert loss.dtype == torch.float32
+    # Computed in fp32 after the cast: identical (up to summation order) to fp32 on the rounded inputs.
+    torch.testing.assert_close(loss, nt_xent(h0.detach().float(), h1.detach().float(), 0.1),
+                               rtol=1e-6, atol=1e-6)
+    # And close to the fp32 loss of the unrounded inputs (bf16 rounding of the inputs only).
+    torch.testing.assert_close(loss, nt_xent(z0, z1, 0.1), rtol=1e-2, atol=1e-2)
+    assert h0.grad.dtype == torch.bfloat16
+    assert torch.isfinite(h0.grad.float()).all() and torch.isfinite(h1.grad.float()).all()
+
+
+def test_autocast_does_not_lower_precision():
+    z0, z1 = _pair(32, 64, seed=11, dtype=torch.float32)
+    exact = nt_xent(z0, z1, temperature=0.05)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under_autocast = nt_xent(z0, z1, temperature=0.05)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_perfect_alignment_gives_near_zero_loss():
+    n = 8
+    z = torch.eye(n, 16, dtype=torch.float64)  # orthogonal unit rows: positives similarity 1, negatives 0
+    loss = nt_xent(z, z.clone(), temperature=0.05)
+    # Each anchor: log(1 + (2N - 2) * exp(-1 / T)), ~3e-8 (fp32 rounds it to 0, hence fp64 here).
+    expected = math.log1p((2 * n - 2) * math.exp(-20.0))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert 0 <= nt_xent(z.float(), z.float(), temperature=0.05).item() < 1e-6
+
+    z0, _ = _pair(n, 16, seed=13, dtype=torch.float32)
+    random_z1 = torch.randn(n, 16, generator=torch.Generator().manual_seed(14))
+    assert nt_xent(z0, z0.clone(), 0.5) < nt_xent(z0, random_z1, 0.5)
+
+
+def test_random_projections_give_log_of_two_n_minus_one():
+    n, d = 64, 4096
+    g = torch.Generator().manual_seed(17)
+    z0 = torch.randn(n, d, generator=g)
+    z1 = torch.randn(n, d, generator=g)
+    # In high dimension random cosine similarities are ~0, so every candidate is equally likely.
+    assert nt_xent(z0, z1, temperature=0.5).item() == pytest.approx(math.log(2 * n - 1), abs=0.01)
+
+
+def test_symmetric_in_views_and_invariant_to_joint_permutation_and_scale():
+    z0, z1 = _pair(10, 12, seed=19)
+    loss = nt_xent(z0, z1, 0.3)
+    torch.testing.assert_close(nt_xent(z1, z0, 0.3), loss, rtol=1e-12, atol=1e-12)
+
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(20))
+    torch.testing.assert_close(nt_xent(z0[perm], z1[perm], 0.3), loss, rtol=1e-12, atol=1e-12)
+
+    row_scale = torch.rand(10, 1, generator=torch.Generator().manual_seed(21), dtype=torch.float64) + 0.1
+    torch.testing.assert_close(nt_xent(z0 * row_scale, z1 * 3.0, 0.3), loss, rtol=1e-12, atol=1e-12)
+
+    # Pairing matters: breaking the correspondence between views must change the loss.
+    assert not torch.allclose(nt_xent(z0, z1[perm], 0.3), loss)
+
+
+def test_not_distributed_gather_is_identity():
+    assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    x = torch.randn(4, 3, requires_grad=True)
+    assert all_gather_with_grad(x) is x
+    z0, z1 = _pair(6, 5, seed=23)
+    torch.testing.assert_close(nt_xent(z0, z1, 0.5, gather=True), nt_xent(z0, z1, 0.5, gather=False))
+
+
+@pytest.mark.parametrize(("z0", "z1", "temperature"), [
+    (torch.zeros(4, 3), torch.zeros(5, 3), 0.5),
+    (torch.zeros(4, 3), torch.zeros(4, 2), 0.5),
+    (torch.zeros(4), torch.zeros(4), 0.5),
+    (torch.zeros(0, 3), torch.zeros(0, 3), 0.5),
+    (torch.ones(4, 3), torch.ones(4, 3), 0.0),
+    (torch.ones(4, 3), torch.ones(4, 3), -1.0),
+])
+def test_invalid_arguments_raise(z0, z1, temperature):
+    with pytest.raises(ValueError):
+        nt_xent(z0, z1, temperature)

@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from simclr.config import OptimConfig
+from simclr.models import ProjectionHead
+from simclr.optim import LARS, Schedule, build_optimizer, lr_at, param_groups
+
+
+def test_schedule_values_at_known_steps():
+    # 10 warmup steps to peak 1.0, cosine to 0 over the remaining 90
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(4, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)  # half way through the decay
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(32, 100, 10, 2.0) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 22 / 90)))
+    assert lr_at(50, 100, 10, 1.0, schedule="constant") == 1.0
+    assert lr_at(100, 100, 0, 1.0, final_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_schedule_scales_with_batch_and_sets_groups():
+    model = ProjectionHead(8, [16], 4)
+    cfg = OptimConfig(name="sgd", lr=0.3, scale_lr=True, warmup_epochs=1)
+    opt = build_optimizer(cfg, model, batch_size=512)
+    sched = Schedule(opt, cfg, batch_size=512, steps_per_epoch=10, epochs=5)
+    assert sched.peak == pytest.approx(0.6)  # 0.3 x 512 / 256
+    assert sched(9) == pytest.approx(0.6)
+    assert all(g["lr"] == pytest.approx(0.6) for g in opt.param_groups)
+    assert sched(0) == pytest.approx(0.06)
+    assert sched(49) < 0.01
+
+
+def test_no_decay_on_bn_and_bias():
+    model = ProjectionHead(8, [16], 4, batch_norm=True)
+    decay, no_decay = param_groups(model, 1e-4)
+    assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 1e-4
+    assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert no_decay["lars_exclude"] and not decay["lars_exclude"]
+    n = sum(1 for _ in model.parameters())
+    assert len(decay["params"]) + len(no_decay["params"]) == n
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "lars"])
+def test_optimizers_reduce_a_loss(name):
+    torch.manual_seed(0)
+    model = ProjectionHead(8, [16], 1, batch_norm=False)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    lr = {"adam": 1e-2, "sgd": 0.05, "lars": 0.5}[name]
+    opt = build_optimizer(OptimConfig(name=name, lr=lr, scale_lr=False, weight_decay=0.0, lars_eta=0.05), model, 256)
+    first = None
+    for _ in range(50):
+        loss = ((model(x) - y) ** 2).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first * 0.7
+
+
+def test_lars_trust_ratio():
+    w = torch.nn.Parameter(torch.full((2, 2), 2.0))  # ||w|| = 4
+    b = torch.nn.Parameter(torch.ones(2))
+    opt = LARS([{"params": [w], "weight_decay": 0.0, "lars_exclude": False}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}], lr=1.0, momentum=0.0, eta=0.1)
+    w.grad = torch.full((2, 2), 0.5)  # ||g|| = 1 -> trust = 0.1 * 4 / 1 = 0.4
+    b.grad = torch.full((2,), 0.5)
+    opt.step()
+    assert torch.allclose(w, torch.full((2, 2), 2.0 - 0.4 * 0.5))
+    assert torch.allclose(b, torch.full((2,), 0.5))  # excluded: plain SGD step
