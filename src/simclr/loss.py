@@ -52,6 +52,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         # sum over processes of the gradient each computed for my slice. Clone: all_reduce is in place
         # and grad_out may be shared with other consumers of the graph.
         grad = grad_out.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = ctx.rank * ctx.n
         return grad[start : start + ctx.n]
 
