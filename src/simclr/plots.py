@@ -128,6 +128,7 @@ def plot_knn(epochs: Sequence[int], accs: Sequence[float], path: str | os.PathLi
         ax.set_xlabel("epoch")
         ax.set_ylabel("kNN accuracy")
         ax.grid(alpha=0.3)
+        ax.margins(y=0.15)  # room for the label of the last value
         last = pct[-1]
         if np.isfinite(last):
             ax.annotate(f"{last:.1f} %", (list(epochs)[-1], last), textcoords="offset points",
@@ -268,6 +269,7 @@ def plot_tsne(
     """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels).astype(np.int64).reshape(-1)
@@ -288,7 +290,10 @@ def plot_tsne(
         if x.shape[1] > 50 and n > 50:
             x = PCA(n_components=50, random_state=seed).fit_transform(x)
         perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
-        emb = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+        tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
+        # On small inputs OpenMP threads only add spin-wait overhead (seconds on a busy machine).
+        with threadpool_limits(limits=1 if n <= 500 else None, user_api="openmp"):
+            emb = tsne.fit_transform(x)
         classes = [c for c in np.unique(y) if c >= 0]
         colors = _class_colors(len(classes))
         point_size = 6 if n > 1000 else 12 if n > 200 else 24
@@ -301,8 +306,8 @@ def plot_tsne(
             name = str(class_names[cls]) if cls < len(class_names) else str(cls)
             ax.scatter(emb[m, 0], emb[m, 1], s=point_size, color=color, alpha=0.8, label=name, linewidths=0)
         n_legend = len(classes) + int((y < 0).any())
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8 if n_legend <= 20 else 5,
-                  ncol=1 if n_legend <= 25 else 2, markerscale=2 if point_size < 12 else 1, frameon=False)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9 if n_legend <= 20 else 5,
+                  ncol=1 if n_legend <= 25 else 2, markerscale=3 if point_size < 12 else 1.5, frameon=False)
         ax.set_xticks([])
         ax.set_yticks([])
     ax.set_title(title or f"t-SNE ({n} points)")

@@ -494,6 +494,18 @@ def _run_blocks(run: dict, slug: str, images_dir: Path) -> list[tuple]:
     return blocks
 
 
+def _best(runs: list[dict]) -> str | None:
+    """One line naming the best test accuracy: the table is wide, this is what a phone shows first."""
+    best = None
+    for run in runs:
+        for protocol, ev in run["evals"].items():
+            acc = _num(ev["metrics"].get("accuracy"))
+            if acc is not None and math.isfinite(acc) and (best is None or acc > best[0]):
+                method = _first(ev["metrics"].get("method"), _method(run))
+                best = (acc, f"{method}, {_first(ev['metrics'].get('protocol'), protocol)}")
+    return f"Best test accuracy: {_fmt_acc(best[0])} ({best[1]})." if best else None
+
+
 def _document(runs: list[dict], images_dir: Path) -> tuple[list[tuple], list[str]]:
     """Blocks of the whole report and the run slugs (in order)."""
     taken: set[str] = set()
@@ -510,7 +522,11 @@ def _document(runs: list[dict], images_dir: Path) -> tuple[list[tuple], list[str
             rows.append([row[c] for c in COLUMNS])
             links.append(f"run-{slug}")
     numeric = {i for i, c in enumerate(COLUMNS) if c in _NUMERIC}
-    blocks += [("h", 2, "Results", "results"), ("table", list(COLUMNS), rows, numeric, links)]
+    blocks.append(("h", 2, "Results", "results"))
+    best = _best(runs)
+    if best:
+        blocks.append(("p", best))
+    blocks.append(("table", list(COLUMNS), rows, numeric, links))
     notes = ["Test accuracy and F1 are on the test split; heads are selected on the validation split.",
              f"kNN accuracy: the kNN evaluation on the test split; {MONITOR_MARK} marks the last kNN monitor "
              "value during pretraining (validation split) when no kNN evaluation was run.",
@@ -605,7 +621,7 @@ img{max-width:100%;height:auto}
 details{margin:.4rem 0 .8rem}
 summary{cursor:pointer;color:#0b5cad}
 @media (max-width:600px){body{padding:.6rem}h1{font-size:1.35rem}h2{font-size:1.15rem}
- th,td{padding:.3rem .45rem;font-size:.82rem}dl.kv{grid-template-columns:1fr}dl.kv dd{margin-bottom:.3rem}}
+ th,td{padding:.3rem .45rem;font-size:.82rem}dl.kv{font-size:.9rem;gap:.1rem .7rem}}
 """
 
 
