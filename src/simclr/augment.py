@@ -175,46 +175,49 @@ def apply_geometric(images: Tensor, params: dict[str, Tensor], out_size: int) ->
     Returns:
         float32 [n, 3, out_size, out_size] in [0, 1], on the device of ``images``.
     """
-    n = images.shape[0]
+    n, _, _, src_w = images.shape
     dev = images.device
     crop = params["crop"].to(torch.float32)
+    flip = params["flip"].cpu()
     top, left, h, w = crop.unbind(dim=1)
+    # A flipped crop is the crop of the mirrored box in the flipped source (bilinear sampling is
+    # symmetric); flipping the uint8 source is cheaper than flipping the float output.
+    left = torch.where(flip, src_w - left - w, left)
     boxes = torch.stack([torch.arange(n, dtype=torch.float32), left, top, left + w, top + h], dim=1)
-    x = images.float() if images.dtype != torch.float32 else images
-    out = roi_align(x, boxes.to(dev), output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    if images.dtype == torch.uint8:
-        out.div_(255.0)
-    flip = params["flip"].to(dev).view(-1, 1, 1, 1)
-    return torch.where(flip, out.flip(-1), out)
+    x = torch.where(flip.to(dev).view(-1, 1, 1, 1), images.flip(-1), images)
+    x = x.float() if x.dtype != torch.float32 else x
+    out = roi_align(
+        x, boxes.to(dev), output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+    )
+    return out.div_(255.0) if images.dtype == torch.uint8 else out
 
 
 def _gray(x: Tensor) -> Tensor:
     """[n, 3, H, W] -> [n, 1, H, W] luma, as torchvision's rgb_to_grayscale on floats."""
     r, g, b = x.unbind(dim=1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+    return torch.add(_LUMA[0] * r, g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
 
 
 def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the HSV hue of each image by its own shift; x [m, 3, H, W] in [0, 1], shift [m]."""
+    """Rotate the HSV hue of each image by its own shift; x [m, 3, H, W] in [0, 1], shift [m] in turns.
+
+    Same result as torchvision's adjust_hue (RGB -> HSV, h = (h + shift) mod 1, HSV -> RGB) with fewer
+    passes: S and V do not change, so only the hue angle is computed and the RGB values are rebuilt from
+    max, chroma and the angle.
+    """
     r, g, b = x.unbind(dim=1)
     maxc = x.amax(dim=1)
-    minc = x.amin(dim=1)
-    chroma = maxc - minc
-    # Grey pixels (chroma 0) have no hue; any value works since the output is maxc there.
-    safe = torch.where(chroma == 0, torch.ones_like(chroma), chroma)
-    rc = (maxc - r) / safe
-    gc = (maxc - g) / safe
-    bc = (maxc - b) / safe
-    is_r = maxc == r
-    is_g = (maxc == g) & ~is_r
-    h6 = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = torch.remainder(h6 / 6.0 + shift.view(-1, 1, 1), 1.0)
-    # HSV -> RGB with S and V unchanged: channel = V - chroma * clamp(min(k, 4 - k), 0, 1),
-    # k = (n + 6 h) mod 6 with n = 5, 3, 1 for R, G, B.
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
-    k = torch.remainder(offsets + 6.0 * hue.unsqueeze(1), 6.0)
+    chroma = maxc - x.amin(dim=1)
+    # Hue in sixths of a turn, in [-1, 5); grey pixels (chroma 0) give 0 and come back unchanged.
+    num = torch.where(
+        maxc == r, g - b, torch.where(maxc == g, (b - r) + 2.0 * chroma, (r - g) + 4.0 * chroma)
+    )
+    h6 = num / chroma.masked_fill(chroma == 0, 1.0)
+    # channel = V - chroma * clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1 for R, G, B.
+    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = torch.remainder(h6.unsqueeze(1) + (offsets + 6.0 * shift.view(-1, 1, 1, 1)), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * ramp
+    return torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), ramp, value=-1.0)
 
 
 def blur_kernel_size(out_size: int) -> int:
@@ -256,45 +259,54 @@ def apply_photometric(x01: Tensor, params: dict[str, Tensor], cfg: AugmentConfig
         float32 [n, 3, H, W], normalised with ``cfg.mean`` / ``cfg.std``.
     """
     dev = x01.device
-    x = x01.to(torch.float32, copy=True)
+    x = x01.float()
+    owned = x is not x01  # copy before the first in-place update so the input stays untouched
     n = x.shape[0]
     jitter = params["jitter"].cpu()
     order = params["order"].cpu()
+    ones = torch.ones(n)
     # Factor per op id; the hue slot is 1 so that the blend below is the identity for hue rows.
     factors = torch.stack(
-        [params["brightness"].cpu(), params["contrast"].cpu(), params["saturation"].cpu(), torch.ones(n)], dim=1
+        [params[k].cpu().float() for k in ("brightness", "contrast", "saturation")] + [ones], 1
     )
-    hue = params["hue"].cpu()
+    hue = params["hue"].cpu().float()
     for pos in range(4):  # loop over the 4 positions of the per-sample op order, not over images
         op = order[:, pos]
         blend = jitter & (op != _HUE)
         if bool(blend.any()):
-            # brightness, contrast and saturation are all blend(x, ref, a) = clamp(a x + (1 - a) ref):
-            # ref = 0, the mean luma of the image, or the per-pixel luma respectively.
-            a = torch.where(blend, factors.gather(1, op.view(-1, 1)).squeeze(1), 1.0)
-            a = a.to(dev).view(-1, 1, 1, 1)
-            op_d = op.to(dev).view(-1, 1, 1, 1)
+            # brightness, contrast and saturation are all torchvision's blend: clamp(a x + (1 - a) ref)
+            # with ref = 0, the mean luma of the image, or the per-pixel luma; rows with a = 1 are unchanged.
+            a = torch.where(blend, factors.gather(1, op.view(-1, 1)).squeeze(1), ones)
+            w_sat = torch.where(op == _SATURATION, 1.0 - a, 0.0)
+            w_con = torch.where(op == _CONTRAST, 1.0 - a, 0.0)
+            a, w_sat, w_con = (t.to(dev).view(-1, 1, 1, 1) for t in (a, w_sat, w_con))
             luma = _gray(x)
-            ref = torch.where(
-                op_d == _SATURATION, luma, torch.where(op_d == _CONTRAST, luma.mean(dim=(2, 3), keepdim=True), 0.0)
-            )
-            x = (a * x + (1.0 - a) * ref).clamp_(0.0, 1.0)
+            ref = torch.addcmul(luma.mean(dim=(2, 3), keepdim=True) * w_con, luma, w_sat)
+            x = torch.addcmul(ref, x, a).clamp_(0.0, 1.0)
+            owned = True
         idx = _rows(jitter & (op == _HUE) & (hue != 0))
         if idx.numel():
+            if not owned:
+                x, owned = x.clone(), True
             idx_d = idx.to(dev)
             x.index_copy_(0, idx_d, _adjust_hue(x.index_select(0, idx_d), hue[idx].to(dev)))
-    idx = _rows(params["gray"])
-    if idx.numel():
+    for key in ("gray", "blur"):
+        idx = _rows(params[key])
+        if not idx.numel():
+            continue
+        if not owned:
+            x, owned = x.clone(), True
         idx_d = idx.to(dev)
-        x.index_copy_(0, idx_d, _gray(x.index_select(0, idx_d)).expand(-1, 3, -1, -1))
-    idx = _rows(params["blur"])
-    if idx.numel():
-        idx_d = idx.to(dev)
-        sigma = params["sigma"].cpu()[idx].to(dev)
-        x.index_copy_(0, idx_d, _gaussian_blur(x.index_select(0, idx_d), sigma))
-    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+        rows = x.index_select(0, idx_d)
+        if key == "gray":
+            rows = _gray(rows).expand(-1, 3, -1, -1)
+        else:
+            rows = _gaussian_blur(rows, params["sigma"].cpu()[idx].to(dev))
+        x.index_copy_(0, idx_d, rows)
+    # (x - mean) / std as one pass: x * (1 / std) - mean / std
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return torch.addcmul((-mean / std).to(dev), x, (1.0 / std).to(dev))
 
 
 def apply_params(images: Tensor, params: dict[str, Tensor], out_size: int, cfg: AugmentConfig) -> Tensor:
