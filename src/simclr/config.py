@@ -54,6 +54,8 @@ class DataConfig:
     test_fraction: float = 0.2  # ROOT/<class>/* folders: share of images held out as the test split
     limit: int | None = None  # use the first N images of a seeded permutation
     strict: bool = False  # unreadable files are an error instead of a warning
+    stream: bool = False  # image folders too large for memory: decode + crop in DataLoader workers each step
+    workers: int = 4  # DataLoader workers for the streaming path
 
 
 @dataclass

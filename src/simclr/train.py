@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,27 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     )
 
 
+def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Two views per image of each global batch from device-resident uint8 ``images`` [N,3,S,S], steps ``start...``.
+
+    Each process takes its ``batch_size / world_size`` rows of every global batch; the data order and the
+    augmentation parameters depend only on (seed, epoch, step), so the views do not depend on the process count.
+    """
+    B = cfg.train.batch_size
+    b = B // rt.world_size
+    perm = epoch_permutation(len(images), cfg.train.seed, epoch).to(images.device)
+    for it in range(start, len(images) // B):  # drop the last partial batch: NT-Xent wants full batches
+        idx = perm[it * B : (it + 1) * B][rt.rank * b : (rt.rank + 1) * b]
+        with torch.no_grad():
+            yield augment.simclr_views(images[idx], cfg.augment, cfg.model.image_size, cfg.train.seed, epoch, it, global_batch=B, offset=rt.rank * b)
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
-    images: torch.Tensor,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
     cfg: Config,
     state: TrainState,
     rt: Dist,
@@ -71,15 +88,13 @@ def train_one_epoch(
     on_checkpoint=None,
     log=print,
 ) -> None:
-    """One epoch over device-resident uint8 ``images`` [N,3,S,S], from ``state.step_in_epoch`` to the end.
+    """Train on ``batches`` (pairs of views [b,3,H,W], this process's rows) for steps ``state.step_in_epoch..steps``.
 
-    Each process takes its ``batch_size / world_size`` rows of every global batch; the data order and the
-    augmentation parameters depend only on (seed, epoch, step), so the views do not depend on the process count.
+    ``steps`` is the number of global batches in the epoch; ``state`` is advanced step by step so that a checkpoint
+    taken at any step boundary resumes exactly.
     """
     B = cfg.train.batch_size
-    b = B // rt.world_size
-    steps = len(images) // B  # drop the last partial batch: NT-Xent wants full batches
-    perm = epoch_permutation(len(images), cfg.train.seed, state.epoch).to(images.device)
+    device = next(model.parameters()).device
     model.train()
     show = cfg.train.progress and rt.is_main and sys.stderr.isatty()
     bar = None
@@ -89,16 +104,13 @@ def train_one_epoch(
         bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
     t0 = time.perf_counter()
     done_since_t0 = 0
-    for it in range(state.step_in_epoch, steps):
-        idx = perm[it * B : (it + 1) * B][rt.rank * b : (rt.rank + 1) * b]
-        x = images[idx]  # uint8 [b,3,S,S], already on the device
+    for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
         with torch.no_grad():
-            v0, v1 = augment.simclr_views(x, cfg.augment, cfg.model.image_size, cfg.train.seed, state.epoch, it, global_batch=B, offset=rt.rank * b)
             views = torch.cat([v0, v1])  # [2b,3,H,W]: one forward, BN sees both views as in the paper
             if cfg.train.channels_last:
                 views = views.contiguous(memory_format=torch.channels_last)
         lr = schedule(state.global_step)
-        with autocast(images.device, precision):
+        with autocast(device, precision):
             _, z = model(views)
         z0, z1 = z.float().chunk(2)
         loss = nt_xent(z0, z1, cfg.train.temperature)
@@ -251,7 +263,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     started_ckpt = [time.perf_counter()]
     while state.epoch < cfg.train.epochs:
         epoch_start_step = state.step_in_epoch
-        train_one_epoch(net, optimizer, schedule, images, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
+        batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
+        train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
         done = state.epoch + 1
         seen = (steps_per_epoch - epoch_start_step) * B
         line = {
