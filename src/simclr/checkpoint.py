@@ -44,6 +44,12 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write {path} ({e.strerror or e}); the previous file there is intact. "
+            "Free disk space (or fix the permissions) and continue with --resume"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torchvision
 from torch import nn
 
 from .config import ModelConfig
 from .errors import ConfigError
+from .loss import all_reduce_with_grad
 
 # name -> torchvision constructor; a plain dict registry in the timm style
 BACKBONES = {
@@ -89,3 +91,55 @@ def build_model(cfg: ModelConfig) -> SimCLR:
     """The SimCLR module described by ``cfg`` (random init)."""
     backbone = build_backbone(cfg)
     return SimCLR(backbone, ProjectionHead(backbone.out_dim, list(cfg.proj_hidden), cfg.proj_dim, cfg.proj_bn))
+
+
+class GlobalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose training statistics come from the batch of ALL processes (the paper's global BN).
+
+    torch's ``nn.SyncBatchNorm`` runs on GPUs only; this one works with any backend (gloo on CPU) by summing
+    per-channel (sum, sum of squares, count) across processes with a differentiable all_reduce. Accepts
+    [B, C] or [B, C, H, W]. Outside training or without a process group it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected 2-D or 4-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = [0] if x.dim() == 2 else [0, 2, 3]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        # Two passes (mean, then centred squares) rather than E[x^2] - mean^2: channels that are nearly constant
+        # (flat image regions) would otherwise lose their variance to cancellation, and 1/sigma amplifies that.
+        stats = all_reduce_with_grad(torch.cat([xf.sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:-1] / n
+        centred = xf - mean.view(shape)
+        var = all_reduce_with_grad((centred * centred).sum(dims)) / n  # biased, as BatchNorm normalises with
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every BatchNorm with a synchronised one: torch's SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+        out = out.to(device=module.weight.device if module.affine else device)
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, device))
+    return out

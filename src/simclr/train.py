@@ -21,7 +21,7 @@ from .data import ImageData, load_split, make_splits
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import knn_accuracy
 from .loss import nt_xent
-from .models import SimCLR, build_model
+from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer
 from .runtime import Dist, autocast, barrier, init_distributed, resolve_precision, seed_everything
 
@@ -47,7 +47,10 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> None:
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> bool:
+    """Write the checkpoint atomically; weights that are no longer finite are never written over a good one."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return False
     atomic_save(
         {
             "version": 1,
@@ -58,6 +61,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         },
         path,
     )
+    return True
 
 
 def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -72,7 +76,8 @@ def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt
     for it in range(start, len(images) // B):  # drop the last partial batch: NT-Xent wants full batches
         idx = perm[it * B : (it + 1) * B][rt.rank * b : (rt.rank + 1) * b]
         with torch.no_grad():
-            yield augment.simclr_views(images[idx], cfg.augment, cfg.model.image_size, cfg.train.seed, epoch, it, global_batch=B, offset=rt.rank * b)
+            views = augment.simclr_views(images[idx], cfg.augment, cfg.model.image_size, cfg.train.seed, epoch, it, global_batch=B, offset=rt.rank * b)
+        yield views  # outside no_grad: a suspended generator would leave grad mode off for the caller
 
 
 def train_one_epoch(
@@ -214,7 +219,10 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     steps_per_epoch = len(pre) // B
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
-    images = pre.images.to(device, non_blocking=True)
+    if cfg.data.stream and pre.paths is None:
+        raise ConfigError("data.stream: the streaming path reads image files; point data.name at an image folder or turn data.stream off")
+    # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
+    images = None if cfg.data.stream else pre.images.to(device, non_blocking=True)
     log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
         + (f", {rt.world_size} processes" if rt.distributed else ""))
 
@@ -222,7 +230,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and rt.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)
     optimizer = build_optimizer(cfg.optim, model, B)
     schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs)
     state = TrainState()
@@ -241,6 +249,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     if rt.is_main:
         (run_dir / "plots").mkdir(parents=True, exist_ok=True)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for stale in (run_dir / "checkpoints").glob(".last.pt.tmp*"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml", {"command": command or "", "kind": "simclr"})
         # metrics.jsonl holds each finished epoch once, also after a resume
         atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
@@ -257,13 +267,19 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         if rt.is_main:
             state.wall_time += time.perf_counter() - started_ckpt[0]
             started_ckpt[0] = time.perf_counter()
-            save_checkpoint(ckpt_path, model, optimizer, state, cfg)
+            if not save_checkpoint(ckpt_path, model, optimizer, state, cfg):
+                log(f"warning: weights are not finite at global step {state.global_step}; kept the previous checkpoint")
         barrier()
 
     started_ckpt = [time.perf_counter()]
     while state.epoch < cfg.train.epochs:
         epoch_start_step = state.step_in_epoch
-        batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
+        if cfg.data.stream:
+            from .stream import stream_batches
+
+            batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.images.shape[-1])
+        else:
+            batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
         train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
         done = state.epoch + 1
         seen = (steps_per_epoch - epoch_start_step) * B

@@ -1,0 +1,184 @@
+"""Reliability: runs survive kills, bad numbers, bad files and bad input; loaded files are trusted only as data."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from simclr.checkpoint import atomic_save, load_checkpoint, load_weights, save_weights
+from simclr.cli import main
+from simclr.config import load_config
+from simclr.errors import CheckpointError, NonFiniteLossError
+from simclr.models import ProjectionHead
+from simclr.train import pretrain
+
+TINY = ["--image-size", "16", "--batch-size", "12", "--set", "model.proj_hidden=[32]", "--set", "model.proj_dim=16",
+        "--set", "train.knn_k=5", "--set", "data.n_val=6", "--set", "train.preview=false"]
+
+
+def tiny_cfg(folder, out, **over):
+    base = {"data.name": str(folder), "out": str(out), "model.image_size": 16, "model.proj_hidden": [32], "model.proj_dim": 16,
+            "train.batch_size": 12, "train.epochs": 2, "train.knn_every": 0, "train.knn_k": 5, "data.n_val": 6,
+            "train.progress": False, "train.preview": False, "optim.warmup_epochs": 0}
+    base.update(over)
+    return load_config(None, base)
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "simclr", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(tiny_folder, tmp_path):
+    args = ["pretrain", "--data", str(tiny_folder), "--precision", "fp32", "--epochs", "6", *TINY, "--set", "train.checkpoint_every=1"]
+    straight = _cli([*args, "--out", str(tmp_path / "straight")])
+    killed = _cli([*args, "--out", str(tmp_path / "killed")])
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and killed.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.6))  # an arbitrary moment: mid-step, mid-checkpoint or between epochs
+    assert killed.poll() is None, "the run finished before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _cli([*args, "--out", str(tmp_path / "killed"), "--resume"])
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    assert "resumed from" in out
+    straight.communicate(timeout=180)
+    assert straight.returncode == 0
+    a = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
+    b = load_checkpoint(tmp_path / "killed/checkpoints/last.pt")
+    diff = max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"] if a["model"][k].is_floating_point())
+    assert diff <= 1e-6, diff
+    epochs = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # each epoch once
+    lines_a = [json.loads(x) for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
+    lines_b = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [x["loss"] for x in lines_a] == pytest.approx([x["loss"] for x in lines_b], abs=1e-6)
+
+
+def test_resume_refuses_changed_model_or_data(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    pretrain(tiny_cfg(tiny_folder, out, **{"train.epochs": 1}))
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(out), "--resume", *TINY, "--backbone", "resnet34", "--set", "augment.gray_p=0.5"])
+    assert rc == 5
+    err = capsys.readouterr().err
+    assert "model.backbone: 'resnet18' -> 'resnet34'" in err and "augment.gray_p" in err
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path, tiny_folder, capsys):
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "none"), "--resume", *TINY])
+    assert rc == 5 and "not found" in capsys.readouterr().err
+
+
+def test_truncated_checkpoint_fails_clearly(tmp_path):
+    p = tmp_path / "last.pt"
+    atomic_save({"model": {"w": torch.ones(1000)}}, p)
+    p.write_bytes(p.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated, corrupt or not a simclr checkpoint"):
+        load_checkpoint(p)
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, p)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(p)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_wrong_shape_and_not_safetensors(tmp_path):
+    save_weights(ProjectionHead(8, [16], 4), tmp_path / "head.safetensors")
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_weights(ProjectionHead(8, [32], 4), tmp_path / "head.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_weights(ProjectionHead(8, [16], 4), tmp_path / "bad.safetensors")
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    p = tmp_path / "last.pt"
+    atomic_save({"model": {"w": torch.zeros(3)}}, p)
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous file there is intact"):
+        atomic_save({"model": {"w": torch.ones(3)}}, p)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(p)["model"]["w"], torch.zeros(3))
+    assert [x.name for x in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def _nan_at(step_to_fail):
+    from simclr import train
+
+    real = train.nt_xent
+    calls = {"n": 0}
+
+    def fake(z0, z1, t):
+        calls["n"] += 1
+        loss = real(z0, z1, t)
+        return loss * float("nan") if calls["n"] == step_to_fail else loss
+
+    return fake
+
+
+def test_nonfinite_loss_stops_with_clear_error_and_good_checkpoint(tiny_folder, tmp_path, monkeypatch):
+    from simclr import train
+
+    monkeypatch.setattr(train, "nt_xent", _nan_at(5))  # 3 steps per epoch: fails in epoch 2, step 2
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError) as e:
+        pretrain(tiny_cfg(tiny_folder, out, **{"train.epochs": 3}))
+    msg = str(e.value)
+    assert "epoch 2, step 2" in msg and "optim.lr" in msg and "train.temperature" in msg and "--precision fp32" in msg
+    ck = load_checkpoint(out / "checkpoints/last.pt")
+    assert ck["state"]["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    monkeypatch.undo()
+    pretrain(tiny_cfg(tiny_folder, out, **{"train.epochs": 3}), resume=True)  # the last good checkpoint is usable
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_skip_nonfinite_tolerates_bad_steps(tiny_folder, tmp_path, monkeypatch):
+    from simclr import train
+
+    monkeypatch.setattr(train, "nt_xent", _nan_at(2))
+    out = tmp_path / "run"
+    pretrain(tiny_cfg(tiny_folder, out, **{"train.skip_nonfinite": 1}))
+    assert load_checkpoint(out / "checkpoints/last.pt")["state"]["nonfinite_skipped"] == 1
+
+
+def test_cli_exit_code_for_nonfinite(tiny_folder, tmp_path, capsys):
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), *TINY, "--epochs", "1", "--lr", "1e30"])
+    assert rc == 4
+    assert "the loss became" in capsys.readouterr().err
+
+
+def test_missing_data_path_is_exit_3(tmp_path, capsys):
+    rc = main(["pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *TINY])
+    assert rc == 3
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value,key", [("--batch-size", "1", "train.batch_size"), ("--temperature", "0", "train.temperature"),
+                                            ("--backbone", "resnet7", "model.backbone"), ("--epochs", "-1", "train.epochs")])
+def test_bad_input_rejected_before_work(tmp_path, capsys, flag, value, key):
+    rc = main(["pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), flag, value])
+    assert rc == 2 and key in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
