@@ -182,3 +182,49 @@ def test_bad_input_rejected_before_work(tmp_path, capsys, flag, value, key):
     rc = main(["pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), flag, value])
     assert rc == 2 and key in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_bad_files_skipped_counted_and_listed(tiny_folder, tmp_path, capsys):
+    bad = tiny_folder / "train" / "a"
+    (bad / "zero.jpg").write_bytes(b"")
+    (bad / "text.png").write_text("not an image")
+    good = (bad / "0000.png").read_bytes()
+    (bad / "truncated.png").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "run"
+    pretrain(tiny_cfg(tiny_folder, out, **{"train.epochs": 1}))
+    assert "skipped 3 unreadable image file(s)" in capsys.readouterr().out
+    listed = (out / "skipped_files.txt").read_text().split()
+    assert sorted(p.rsplit("/", 1)[1] for p in listed) == ["text.png", "truncated.png", "zero.jpg"]
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "strict"), "--strict", *TINY])
+    assert rc == 3 and "unreadable" in capsys.readouterr().err
+
+
+def test_empty_folder_and_single_class_are_clear(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r1"), *TINY]) == 3
+    assert "no images" in capsys.readouterr().err
+    one = tmp_path / "one" / "only_class"
+    one.mkdir(parents=True)
+    (one / "x.png").write_bytes(_png())
+    (one / "y.png").write_bytes(_png())
+    from simclr.config import DataConfig
+    from simclr.data import load_split, make_splits
+    from simclr.errors import DataError
+
+    data = load_split(DataConfig(name=str(tmp_path / "one")), "train", 16)
+    with pytest.raises(DataError, match="2 classes"):  # a labeled protocol needs 2 classes...
+        make_splits(data, DataConfig(name=str(tmp_path / "one")), 0)
+    # ...pretraining does not: the images are used without labels
+    for i in range(10):
+        (one / f"z{i}.png").write_bytes(_png())
+    assert main(["pretrain", "--data", str(tmp_path / "one"), "--out", str(tmp_path / "r2"), *TINY[:2], "--batch-size", "4", "--epochs", "1", *TINY[4:]]) == 0
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -498,7 +498,7 @@ def _load_folder(cfg: DataConfig, split: str, image_size: int, log: Log) -> Imag
                 f"image) and data.strict is on: {shown}"
             )
         log(f"warning: skipped {len(data.skipped)} unreadable image file(s) in {root} (corrupt, truncated, "
-            f"empty or not an image): {shown}; the full list is in ImageData.skipped")
+            f"empty or not an image): {shown}; the list is written to the run directory (skipped_files.txt)")
     if len(data) == 0:
         raise DataError(f"none of the {len(files)} image files of the {split} split in {root} could be read")
     return data

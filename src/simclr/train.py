@@ -167,6 +167,9 @@ def _labeled_sets(cfg: Config, seed: int, log) -> tuple[ImageData, ImageData | N
         splits = make_splits(labeled, cfg.data, seed)
     else:
         data = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
+        if int(data.labels[data.labels >= 0].unique().numel()) < 2:
+            log("note: fewer than 2 labeled classes, so pretraining uses every image and the kNN monitor is off")
+            return data, None, None
         splits = make_splits(data, cfg.data, seed)
         pre, labeled = data.subset(splits["pretrain"]), data
     if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
@@ -252,6 +255,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         for stale in (run_dir / "checkpoints").glob(".last.pt.tmp*"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml", {"command": command or "", "kind": "simclr"})
+        if pre.skipped:  # unreadable files were skipped with one warning; keep the full list with the run
+            atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / "skipped_files.txt")
         # metrics.jsonl holds each finished epoch once, also after a resume
         atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
         if cfg.train.preview and saved is None:
