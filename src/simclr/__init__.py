@@ -8,6 +8,7 @@ Public API::
 
 from .config import Config, load_config
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, SimCLRError
+from .evaluate import evaluate_run, load_encoder
 from .loss import nt_xent
 
 __version__ = "0.1.0"
@@ -27,7 +28,9 @@ __all__ = [
     "DataError",
     "NonFiniteLossError",
     "SimCLRError",
+    "evaluate_run",
     "load_config",
+    "load_encoder",
     "nt_xent",
     "pretrain",
 ]

@@ -112,6 +112,144 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import BenchOptions, format_table, run_bench
+
+    over = _overrides(args)
+    if args.batch_size is None and not args.config:
+        over["train.batch_size"] = 256  # the CPU comparison of benchmarks/RESULTS.md; GPUs: pass --batch-size 512
+    cfg = load_config(args.config, over)
+    parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
+    opts = BenchOptions(steps=args.steps, warmup=args.warmup, aug_images=args.aug_images, epoch_images=args.epoch_images,
+                        workers=args.workers, compile=bool(args.compile), parts=parts, baseline=not args.no_baseline,
+                        stream=args.stream, real_data=args.data is not None)
+    log = (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True)) if args.json else print
+
+    def save(result: dict) -> None:  # after each part, so a run stopped by a time limit keeps what it measured
+        result["command"] = _command_line()
+        if args.output:
+            out = Path(args.output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+
+    try:
+        result = run_bench(cfg, opts, log=log, on_part=save)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    save(result)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def _log(*args, **kwargs) -> None:
+    print(*args, **kwargs, flush=True)  # progress stays visible when stdout is a pipe or a log file
+
+
+def _labels(text: str | None) -> list[int | None] | None:
+    """``--labels 100,1000,all`` -> ``[100, 1000, None]`` (None: every labeled training image)."""
+    if not text:
+        return None
+    out: list[int | None] = []
+    for item in text.replace(" ", "").split(","):
+        if not item:
+            continue
+        if item.lower() == "all":
+            out.append(None)
+            continue
+        try:
+            n = int(item.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"--labels {text!r}: expected label counts such as 100,1000,6500 (or all)") from None
+        if n < 1:
+            raise ConfigError(f"--labels {text!r}: label counts must be >= 1")
+        out.append(n)
+    return out or None
+
+
+def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Overrides for the evaluation commands: --batch-size is the evaluation batch, --epochs the heads' epochs."""
+    out = _overrides(args)
+    out.pop("out", None)  # --out is an output path here, not the run directory
+    if "train.batch_size" in out:
+        out["eval.batch_size"] = out.pop("train.batch_size")
+    if getattr(args, "head_epochs", None) is not None:
+        for key in ("eval.mlp_epochs", "eval.linear_epochs", "eval.finetune_epochs"):
+            out[key] = args.head_epochs
+    return out
+
+
+def _print_results(results: dict[str, dict]) -> None:
+    for protocol, m in results.items():
+        if "accuracy" in m:
+            print(f"{protocol}: test accuracy {m['accuracy']:.4f}, F1 (weighted) {m['f1_weighted']:.4f}, "
+                  f"F1 (macro) {m['f1_macro']:.4f} on {m['n_test']} test images")
+        else:
+            for method, points in m.items():
+                print(f"{method}: " + ", ".join(f"{n} labels {a:.4f}" for n, a in points))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run, run_config
+
+    cfg = run_config(args.run, args.config, _eval_overrides(args))
+    results = evaluate_run(args.run, args.protocol or cfg.eval.protocols, cfg=cfg, labels=_labels(args.labels),
+                           out_dir=args.out, log=_log)
+    _print_results(results)
+    return 0
+
+
+def cmd_supervised(args: argparse.Namespace) -> int:
+    from .baselines import supervised
+
+    over = _eval_overrides(args)
+    cfg = load_config(args.config, over)
+    weights = args.weights or cfg.eval.imagenet_weights
+    if not args.out and not args.config:
+        name = {"imagenet": "imagenet", "none": "scratch"}.get(weights, Path(weights).stem)
+        cfg.out = f"runs/supervised_{name}"
+    elif args.out:
+        cfg.out = args.out
+    results = supervised(cfg, weights, args.protocol, labels=_labels(args.labels), image_size=args.image_size,
+                         command=_command_line(), log=_log)
+    _print_results(results)
+    print(f"run directory: {cfg.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    md, html = write_report([Path(r) for r in args.runs], Path(args.out))
+    print(f"wrote {md}\nwrote {html}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    over = _overrides(args)
+    if args.protocols:
+        over["eval.protocols"] = args.protocols
+    if args.baselines is not None:
+        over["eval.baselines"] = args.baselines
+    cfg = load_config(args.config, over)
+    result = run_pipeline(cfg, resume=args.resume, command=_command_line(), log=_log)
+    for name, err in result.failures:
+        print(f"simclr run: warning: baseline {name} was skipped: {err}", file=sys.stderr)
+    return result.failures[0][1].exit_code if result.failures else 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .evaluate import embed, run_config
+
+    over = _eval_overrides(args)
+    data = over.pop("data.name", None) or run_config(args.run).data.name
+    embed(args.run, data, args.out, split=args.subset, overrides=over, log=_log)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="simclr", description=DESCRIPTION, epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -129,6 +267,78 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="augment_preview.png", help="PNG file to write")
     p.add_argument("-n", type=int, default=8, help="number of images")
     p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("bench", help="throughput: augmentation, training step and epoch, ours vs the torchvision + fp32 baseline",
+                       description="Throughput in source images/s (two views each) and peak memory of our pipeline beside the "
+                       "peers' default (torchvision per-image transforms in a DataLoader, fp32 eager model), in one run. "
+                       "Random uint8 images unless --data is given.", epilog=EXIT_CODES_HELP, formatter_class=_Formatter)
+    _common(p)
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per pipeline")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps first")
+    p.add_argument("--aug-images", type=int, default=4096, help="source images through each augmentation pipeline")
+    p.add_argument("--epoch-images", type=int, help="images in the timed epoch (default: 2 batches on CPU, 50,000 on a GPU)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the per-image baseline and the streaming path")
+    p.add_argument("--parts", default="augment,step,epoch", help="comma-separated: augment, step, epoch, ablation")
+    p.add_argument("--compile", action="store_true", default=None, help="also time our step with torch.compile")
+    p.add_argument("--stream", action="store_true", help="also time an epoch of the streaming path (--data must be an image folder)")
+    p.add_argument("--no-baseline", action="store_true", help="time our pipeline only")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
+    p.add_argument("--output", help="also write the JSON results to this file")
+    p.set_defaults(func=cmd_bench)
+
+    protocol_help = "knn | linear | mlp | finetune, a comma-separated list, or all; if omitted, eval.protocols of the config"
+    labels_help = ("labeled training images: N, or a label-efficiency sweep such as 100,1000,6500,all "
+                   "(if omitted: all for knn/linear, data.n_train_labels for mlp/finetune)")
+
+    p = sub.add_parser("evaluate", help="evaluate a run's frozen encoder: knn, linear, mlp or finetune",
+                       description="Evaluate the encoder of a run directory; writes RUN/eval/<protocol>/ (metrics.json, "
+                       "predictions.csv, confusion matrix, curves, t-SNE plots, head weights). Model selection uses the "
+                       "validation split only.", epilog=EXIT_CODES_HELP, formatter_class=_Formatter)
+    p.add_argument("--run", required=True, help="run directory (the --out of simclr pretrain / simclr run)")
+    p.add_argument("--protocol", help=protocol_help)
+    p.add_argument("--labels", help=labels_help)
+    _common(p, training=False)
+    p.add_argument("--epochs", dest="head_epochs", type=int, help="epochs of the trained heads (mlp, linear, finetune)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("supervised", help="supervised baselines: ImageNet features, or ResNet trained from scratch",
+                       description="ImageNet-pretrained ResNet as a frozen feature extractor (--weights imagenet, or a local "
+                       "state dict with --weights PATH) under the same protocols and outputs as evaluate, or the network "
+                       "trained from scratch on the labeled split (--weights none).", epilog=EXIT_CODES_HELP,
+                       formatter_class=_Formatter)
+    p.add_argument("--weights", help="imagenet | none | PATH to a ResNet state dict (.pth, .pt, .safetensors) "
+                   "(if omitted: eval.imagenet_weights of the config, imagenet)")
+    p.add_argument("--protocol", help=protocol_help + "; finetune for --weights none")
+    p.add_argument("--labels", help=labels_help)
+    _common(p, training=False)
+    p.add_argument("--epochs", dest="head_epochs", type=int, help="epochs of the trained heads / of training from scratch")
+    p.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
+    p.add_argument("--image-size", type=int, help="input side in pixels (if omitted: 224 for ImageNet weights)")
+    p.set_defaults(func=cmd_supervised)
+
+    p = sub.add_parser("report", help="write report.md and a self-contained report.html over run directories",
+                       epilog=EXIT_CODES_HELP, formatter_class=_Formatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (complete or partial)")
+    p.add_argument("--out", default="report", help="folder for report.md, report.html and images/")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("run", help="pretrain, evaluate, run the baselines and write the report (the main job)",
+                       description="Pretrain SimCLR, evaluate it (eval.protocols), run eval.baselines under the same "
+                       "protocols, and write OUT/report/report.html.", epilog=EXIT_CODES_HELP, formatter_class=_Formatter)
+    _common(p)
+    p.add_argument("--protocols", help="evaluation protocols, e.g. knn,mlp (if omitted: eval.protocols)")
+    p.add_argument("--baselines", help="comma-separated: random, imagenet, scratch; '' for none (if omitted: eval.baselines)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted pretraining in OUT, then evaluate")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("embed", help="write one feature vector per image (NumPy .npz or Parquet)",
+                       description="Features of every image of DATA from a run's frozen encoder, with its path (image "
+                       "folders) or index, label and split: for search, clustering or labelling.", epilog=EXIT_CODES_HELP,
+                       formatter_class=_Formatter)
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--subset", default="all", choices=("all", "train", "test"), help="which images of DATA")
+    _common(p, training=False)
+    p.set_defaults(func=cmd_embed)
     return parser
 
 

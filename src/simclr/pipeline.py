@@ -1,0 +1,145 @@
+"""``simclr run``: pretrain, evaluate, run the baselines and write the report, in one call.
+
+The output folder ``cfg.out`` is the SimCLR run directory; baselines go to ``OUT/baselines/<name>/`` (each a
+run directory) and the report to ``OUT/report/``, so ``simclr report OUT OUT/baselines/*`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .baselines import random_baseline, supervised
+from .checkpoint import atomic_write_bytes
+from .config import Config
+from .errors import SimCLRError
+from .evaluate import LABEL_EFFICIENCY, EvalData, evaluate_run, load_eval_data, read_label_efficiency
+
+Log = Callable[..., None]
+
+
+def _flush_print(*args, **kwargs) -> None:
+    print(*args, **kwargs, flush=True)
+
+
+@dataclass
+class PipelineResult:
+    """What ``simclr run`` produced: the report files, the run directories and each stage's duration."""
+
+    report_md: Path
+    report_html: Path
+    run_dirs: list[Path]
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    failures: list[tuple[str, SimCLRError]] = field(default_factory=list)  # (baseline, error) that were skipped
+
+
+def run_pipeline(cfg: Config, resume: bool = False, command: str | None = None, log: Log = _flush_print) -> PipelineResult:
+    """Pretrain as configured, evaluate (``eval.protocols``; a label sweep when ``eval.labels`` is set), run
+    ``eval.baselines`` under the same protocols, and write ``OUT/report/report.{md,html}``.
+
+    A baseline that cannot run (for example ImageNet weights offline) is skipped with its error recorded in
+    ``failures``, so the hours of pretraining still end in a report; the caller decides the exit code.
+    """
+    from .report import write_report
+    from .train import pretrain
+
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    stages: dict[str, float] = {}
+    steps = 3 + len(cfg.eval.baselines)
+    step = [0]
+
+    def stage(name: str, text: str) -> float:
+        step[0] += 1
+        log(f"\n[{step[0]}/{steps}] {text}")
+        return time.perf_counter()
+
+    t = stage("pretrain", f"pretraining SimCLR ({cfg.train.epochs} epochs) -> {out}")
+    pretrain(cfg, resume=resume, command=command, log=log)
+    stages["pretrain"] = time.perf_counter() - t
+
+    t = stage("evaluate", f"evaluating the frozen encoder: {', '.join(cfg.eval.protocols)}")
+    data = load_eval_data(cfg, log)  # loaded once, shared by the SimCLR run and the baselines
+    _evaluate(out, cfg, data, None, log)
+    stages["evaluate"] = time.perf_counter() - t
+
+    run_dirs = [out]
+    failures: list[tuple[str, SimCLRError]] = []
+    for name in cfg.eval.baselines:
+        bdir = out / "baselines" / name
+        t = stage(f"baseline_{name}", f"baseline {name} -> {bdir}")
+        try:
+            _baseline(name, cfg, bdir, data, command, log)
+            run_dirs.append(bdir)
+        except SimCLRError as e:
+            log(f"warning: baseline {name} skipped: {e}")
+            failures.append((name, e))
+            if (bdir / "eval").is_dir():
+                run_dirs.append(bdir)
+        stages[f"baseline_{name}"] = time.perf_counter() - t
+
+    if cfg.eval.labels:
+        _merge_label_efficiency(out, run_dirs[1:])
+
+    t = stage("report", "writing the report")
+    md, html = write_report(run_dirs, out / "report")
+    stages["report"] = time.perf_counter() - t
+    stages["total"] = time.perf_counter() - started
+    atomic_write_bytes((json.dumps({"stages_s": stages, "run_dirs": [str(d) for d in run_dirs],
+                                    "skipped_baselines": [n for n, _ in failures]}, indent=2) + "\n").encode(),
+                       out / "pipeline.json")
+    log("\ntime per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()))
+    log(f"report: {html.resolve()}")
+    return PipelineResult(md, html, run_dirs, stages, failures)
+
+
+def _evaluate(run_dir: Path, cfg: Config, data: EvalData, method: str | None, log: Log) -> None:
+    evaluate_run(run_dir, cfg.eval.protocols, cfg=cfg, method=method, log=log, data=data)
+    if cfg.eval.labels:
+        evaluate_run(run_dir, cfg.eval.protocols, cfg=cfg, labels=cfg.eval.labels, method=method, log=log,
+                     data=data, sweep=True, strict_labels=False)
+
+
+def _baseline(name: str, cfg: Config, bdir: Path, data: EvalData, command: str | None, log: Log) -> None:
+    kwargs = {"data": data, "strict_labels": False}
+    if name == "random":
+        random_baseline(cfg, bdir, cfg.eval.protocols, command=command, log=log, **kwargs)
+        if cfg.eval.labels:
+            random_baseline(cfg, bdir, cfg.eval.protocols, labels=cfg.eval.labels, command=command, log=log,
+                            sweep=True, **kwargs)
+        return
+    scfg = _with_out(cfg, bdir)
+    if name == "imagenet":
+        weights = cfg.eval.imagenet_weights
+        protocols = [p for p in cfg.eval.protocols if p != "finetune"] or ["knn"]
+        # ImageNet features want larger inputs: the images are loaded again at that size (the cache keeps both)
+        kwargs.pop("data")
+    else:  # scratch
+        weights, protocols = "none", ["finetune"]
+    supervised(scfg, weights, protocols, command=command, log=log, **kwargs)
+    if cfg.eval.labels:
+        supervised(scfg, weights, protocols, labels=cfg.eval.labels, command=command, log=log, sweep=True, **kwargs)
+
+
+def _with_out(cfg: Config, out: Path) -> Config:
+    import copy
+
+    new = copy.deepcopy(cfg)
+    new.out = str(out)
+    return new
+
+
+def _merge_label_efficiency(main: Path, others: list[Path]) -> None:
+    """Put the baselines' label-efficiency curves next to SimCLR's in ``OUT/eval/label_efficiency``."""
+    from . import plots
+
+    path = main / "eval" / LABEL_EFFICIENCY / f"{LABEL_EFFICIENCY}.json"
+    curves = read_label_efficiency(path)
+    for d in others:
+        curves.update(read_label_efficiency(d / "eval" / LABEL_EFFICIENCY / f"{LABEL_EFFICIENCY}.json"))
+    if curves:
+        atomic_write_bytes((json.dumps(curves, indent=2) + "\n").encode(), path)
+        plots.plot_label_efficiency(curves, path.with_suffix(".png"))
