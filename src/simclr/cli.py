@@ -95,7 +95,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .train import pretrain
 
     cfg = build_config(args)
-    pretrain(cfg, resume=args.resume, command=_command_line())
+    pretrain(cfg, resume=args.resume, command=_command_line(), log=_log)
     return 0
 
 

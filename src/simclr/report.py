@@ -317,11 +317,12 @@ def _run_facts(run: dict) -> dict[str, Any]:
     return {
         "kind": kind,
         "method": _method(run),
-        "batch_size": _first(r.get("batch_size"), _get(c, "train", "batch_size")),
+        # a key present in run.json wins even when null (a random-init baseline has no batch size or optimizer)
+        "batch_size": r["batch_size"] if "batch_size" in r else _get(c, "train", "batch_size"),
         "backbone": _first(r.get("backbone"), _get(c, "model", "backbone")),
         "proj_dim": proj,
         "epochs": epochs,
-        "optimizer": _first(r.get("optimizer"), _get(c, "optim", "name")),
+        "optimizer": r["optimizer"] if "optimizer" in r else _get(c, "optim", "name"),
         "wall_time_s": r.get("wall_time_s"),
         "data": _first(r.get("data"), _get(c, "data", "name")),
         "finished": r.get("finished"),
@@ -342,7 +343,7 @@ def _rows(run: dict) -> list[dict[str, str]]:
         eval_time = _fmt_time(m.get("wall_time_s"))
         if eval_time == DASH:
             wall = pre_time
-        elif f["kind"] == "supervised" and pre_time == DASH:
+        elif f["kind"] in ("supervised", "baseline") and (pre_time == DASH or not f["wall_time_s"]):
             wall = eval_time
         else:
             wall = f"{pre_time} + {eval_time}"

@@ -107,7 +107,7 @@ def train_one_epoch(
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0 = last_line = time.perf_counter()
     done_since_t0 = 0
     for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
         with torch.no_grad():
@@ -148,6 +148,13 @@ def train_one_epoch(
             rate = done_since_t0 / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
             bar.update(1)
+        elif rt.is_main and cfg.train.progress and time.perf_counter() - last_line > 30:
+            # not a terminal (a log file, CI): a plain line every 30 s so progress stays visible
+            last_line = time.perf_counter()
+            rate = done_since_t0 / max(last_line - t0, 1e-9)
+            eta = (steps - it - 1) * B / max(rate, 1e-9)
+            log(f"  epoch {state.epoch + 1}/{cfg.train.epochs} step {it + 1}/{steps}: loss {loss_value:.4f}, "
+                f"lr {lr:.3g}, {rate:.0f} img/s, epoch ETA {eta:.0f} s")
         every = cfg.train.checkpoint_every
         if on_checkpoint is not None and every and state.global_step % every == 0 and state.step_in_epoch < steps:
             state.epoch_time += time.perf_counter() - t0
