@@ -107,7 +107,10 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     data = load_split(cfg.data, "unlabeled" if cfg.data.name == "stl10" else "train", cfg.model.image_size, seed=cfg.train.seed)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    augment.save_preview(data.images[: args.n], cfg.augment, cfg.model.image_size, out, seed=cfg.train.seed)
+    import torch
+
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.train.seed))[: args.n]
+    augment.save_preview(data.images[pick], cfg.augment, cfg.model.image_size, out, seed=cfg.train.seed)
     print(f"wrote {out}")
     return 0
 

@@ -267,7 +267,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         # metrics.jsonl holds each finished epoch once, also after a resume
         atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
         if cfg.train.preview and saved is None:
-            augment.save_preview(pre.images[:8], cfg.augment, cfg.model.image_size, run_dir / "plots" / "augment_preview.png", seed=cfg.train.seed)
+            pick = torch.randperm(len(pre), generator=torch.Generator().manual_seed(cfg.train.seed))[:8]  # a spread of classes
+            augment.save_preview(pre.images[pick], cfg.augment, cfg.model.image_size, run_dir / "plots" / "augment_preview.png", seed=cfg.train.seed)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
