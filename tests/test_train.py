@@ -72,3 +72,12 @@ def test_cli_and_python_m(tiny_folder, tmp_path, module):
     else:
         assert main(args) == 0
     assert (out / "backbone.safetensors").is_file()
+
+
+def test_augment_preview_command(tiny_folder, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "preview.png"
+    assert main(["augment-preview", "--data", str(tiny_folder), "--image-size", "16", "--output", str(out), "-n", "4"]) == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 0
