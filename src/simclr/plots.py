@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
 
 __all__ = [
     "plot_confusion",
@@ -97,6 +97,7 @@ def plot_loss(
     ax = fig.add_subplot()
     if len(epochs):
         ax.plot(list(epochs), np.asarray(losses, dtype=float), marker=_marker(len(epochs)), color="C0")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
