@@ -12,9 +12,10 @@ from PIL import Image
 from simclr.bench import _views_step
 from simclr.config import load_config
 from simclr.data import list_images, load_split
+from simclr.loss import nt_xent
 from simclr.models import build_model
 from simclr.optim import build_optimizer
-from simclr.runtime import Dist
+from simclr.runtime import Dist, autocast
 from simclr.stream import stream_batches
 from simclr.train import device_batches, pretrain
 
@@ -25,10 +26,14 @@ from simclr.train import device_batches, pretrain
 # arithmetic on the same parameters; a wrong crop, flip or colour parameter shows up as differences near 1.
 VIEW_ATOL = 0.06  # normalised units; one grey level is about 0.016
 VIEW_MEAN_ATOL = 0.006
-# bf16 autocast vs fp32, same initial weights, the same 4 batches, 4 SGD steps: the NT-Xent losses (about 3.9 for
-# this batch of 24) agree to within 2 % of their value. Measured here: 0.03 % at the first step, at most 0.9 % later
-# (the two runs' weights drift apart a little with each step).
-LOSS_RTOL = 0.02
+# bf16 autocast vs fp32 (ResNet-18, 16 px, batch 24, 4 SGD steps):
+# - the same weights and views give NT-Xent losses (about 3.9) within 0.5 % of each other at every step of a run
+#   (measured: at most 0.21 % over 24 steps, 2 batch sizes, 2 seeds, 2 augmentation implementations);
+# - a bf16 run and an fp32 run from the same initial weights over the same batches stay within 5 % at every step
+#   (measured: at most 2.5 % in the first 4 steps). They drift apart step by step because each step's rounding moves
+#   the next weights a little, which is why this bound is looser than the first.
+STEP_RTOL = 0.005
+RUN_RTOL = 0.05
 
 
 def _cfg(folder, **over):
@@ -91,20 +96,36 @@ def test_pretrain_with_stream(tmp_path):
     assert line["epoch"] == 1 and np.isfinite(line["loss"])
 
 
+def _loss(model, v0, v1, precision: str) -> float:
+    views = torch.cat([v0, v1]).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(torch.device("cpu"), precision):
+        _, z = model(views)
+    return float(nt_xent(*z.float().chunk(2), 0.5))
+
+
 def test_bf16_and_fp32_losses_agree(tmp_path):
     folder = make_image_folder(tmp_path / "data", n_per_class=8)
     cfg = _cfg(folder, **{"train.batch_size": 24, "optim.warmup_epochs": 0})
     data = load_split(cfg.data, "train", 16)
     batches = [next(device_batches(data.images, cfg, epoch, 0, Dist())) for epoch in range(4)]  # 4 different batches
+    cpu = torch.device("cpu")
     torch.manual_seed(0)
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
+    # The precision itself: both losses from the same weights and views, at each step of an fp32 run.
+    m = copy.deepcopy(model)
+    opt = build_optimizer(cfg.optim, m, 24)
+    for v0, v1 in batches:
+        f, b = _loss(m, v0, v1, "fp32"), _loss(m, v0, v1, "bf16")
+        assert abs(f - b) <= STEP_RTOL * f, (f, b)
+        _views_step(m, opt, v0, v1, cpu, "fp32", True, 0.5)
+    # Training: a bf16 run beside an fp32 run from the same weights over the same batches.
     losses = {}
     for precision in ("fp32", "bf16"):
         m = copy.deepcopy(model)
         opt = build_optimizer(cfg.optim, m, 24)
-        losses[precision] = [float(_views_step(m, opt, v0, v1, torch.device("cpu"), precision, True, 0.5)) for v0, v1 in batches]
+        losses[precision] = [float(_views_step(m, opt, v0, v1, cpu, precision, True, 0.5)) for v0, v1 in batches]
     for f, b in zip(losses["fp32"], losses["bf16"]):
-        assert abs(f - b) <= LOSS_RTOL * abs(f), losses
+        assert abs(f - b) <= RUN_RTOL * f, losses
 
 
 def test_stream_folder_of_odd_images(tmp_path):
