@@ -43,7 +43,7 @@ from .config import PROTOCOLS, AugmentConfig, Config, OptimConfig, load_config, 
 from .data import ImageData, load_split, make_splits
 from .errors import CheckpointError, ConfigError, DataError
 from .models import Backbone, build_backbone
-from .optim import Schedule, build_optimizer
+from .optim import Schedule, build_optimizer, lr_at
 from .runtime import autocast, resolve_device, resolve_precision
 
 LINEAR_BATCH_SIZE = 1000  # linear probe on features (dkobak/simclr-cifar10)
@@ -384,7 +384,7 @@ def train_head(
             idx = perm[i * bs : (i + 1) * bs]
             if schedule == "cosine":
                 for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+                    group["lr"] = lr_at(step, total, 0, lr, "cosine")
             logits = model(x_train[idx])
             loss = F.cross_entropy(logits, y_train[idx])
             opt.zero_grad(set_to_none=True)
