@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -69,3 +70,59 @@ def test_lars_trust_ratio():
     opt.step()
     assert torch.allclose(w, torch.full((2, 2), 2.0 - 0.4 * 0.5))
     assert torch.allclose(b, torch.full((2,), 0.5))  # excluded: plain SGD step
+
+
+def _lars_reference(params, grads, bufs, lr, momentum, wd, eta, exclude):
+    """LARS one tensor at a time, straight from You et al. 2017 (the form the foreach version must equal)."""
+    for p, g, i in zip(params, grads, range(len(params))):
+        g = g + wd * p
+        if not exclude:
+            wn, gn = p.norm(), g.norm()
+            g = g * (eta * wn / gn if wn > 0 and gn > 0 else 1.0)
+        bufs[i] = g.clone() if bufs[i] is None else bufs[i] * momentum + g
+        p -= lr * bufs[i]
+
+
+def test_lars_equals_a_per_tensor_reference_over_steps():
+    torch.manual_seed(0)
+    shapes = [(8, 4), (16,), (3, 3, 2, 2), (5,)]
+    init = [torch.randn(s) for s in shapes]
+    init[3].zero_()  # a zero weight: trust ratio falls back to 1
+    params = [torch.nn.Parameter(t.clone()) for t in init]
+    groups = [{"params": params[:3], "weight_decay": 1e-2, "lars_exclude": False},
+              {"params": params[3:], "weight_decay": 0.0, "lars_exclude": True}]
+    opt = LARS(groups, lr=0.3, momentum=0.9, eta=0.02)
+    ref = [t.clone().double() for t in init]
+    bufs = [None] * len(ref)
+    for _ in range(4):
+        grads = [torch.randn(s) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        b0, b1 = bufs[:3], bufs[3:]
+        _lars_reference(ref[:3], [g.double() for g in grads[:3]], b0, 0.3, 0.9, 1e-2, 0.02, False)
+        _lars_reference(ref[3:], [g.double() for g in grads[3:]], b1, 0.3, 0.9, 0.0, 0.02, True)
+        bufs = b0 + b1
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p.detach().double(), r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_fused_and_foreach_updates_agree(name):
+    torch.manual_seed(0)
+    # (no bias right before the BN: its true gradient is 0, and Adam turns rounding noise into full-size steps)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    twin = copy.deepcopy(model)
+    cfg = OptimConfig(name=name, lr=0.05, scale_lr=False, weight_decay=1e-3, nesterov=True)
+    auto, foreach = build_optimizer(cfg, model, 256), build_optimizer(cfg, twin, 256, impl="foreach")
+    assert auto.defaults["fused"] and not foreach.defaults.get("fused")  # auto picks torch's fused kernel on the CPU
+    x, y = torch.randn(32, 6), torch.randn(32, 2)
+    for _ in range(5):
+        for m, opt in ((model, auto), (twin, foreach)):
+            opt.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="impl"):
+        build_optimizer(cfg, model, 256, impl="fast")

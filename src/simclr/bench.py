@@ -2,7 +2,7 @@
 
 Ours: the dataset lives on the device as uint8, :func:`simclr.augment.simclr_views` makes both views of a batch
 there with per-sample parameters, the encoder runs under bf16 autocast (where the device has it) with
-channels_last tensors, and SGD uses its foreach implementation. The peers' default (dkobak/simclr-cifar10, the
+channels_last tensors, and the optimizer is torch's fused implementation where it has one. The peers' default (dkobak/simclr-cifar10, the
 PyTorch Lightning / UvA tutorial, most SimCLR repositories): a torchvision per-image transform on PIL images in a
 DataLoader with worker processes, and the same model in fp32, eager, contiguous format, with ``torch.optim.SGD``
 as constructed by default.
@@ -290,6 +290,12 @@ def _peer_model(cfg: Config, device: torch.device) -> tuple[nn.Module, torch.opt
     return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
 
 
+def optimizer_name(opt: torch.optim.Optimizer) -> str:
+    """E.g. ``SGD fused``: the class and the implementation torch runs."""
+    impl = "fused" if opt.defaults.get("fused") else "foreach" if opt.defaults.get("foreach") else "per-tensor"
+    return f"{type(opt).__name__} {impl}"
+
+
 class _Rows:
     """Batch ``i`` of a fixed shuffled order of the pool, indices on the device (as device_batches indexes)."""
 
@@ -339,7 +345,7 @@ def bench_augment(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.d
 
 
 def bench_step(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, precision: str, log=print) -> dict:
-    """Training steps, data included: ours (device batches + bf16 + channels_last + foreach SGD) vs the peers."""
+    """Training steps, data included: ours (device batches + bf16 + channels_last + fused SGD) vs the peers."""
     B, size, seed, temp = cfg.train.batch_size, cfg.model.image_size, cfg.train.seed, cfg.train.temperature
     images = pool.to(device)
     rows = _Rows(len(images), B, device)
@@ -365,7 +371,7 @@ def bench_step(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.devi
             log(f"step     {name}: failed ({out[name]['error'][:200]})")
             continue
         out[name] = _measure(opts.steps * B, opts.steps, sec, peak, method, precision=precision,
-                             channels_last=cfg.train.channels_last, optimizer="SGD foreach", compiled=compiled)
+                             channels_last=cfg.train.channels_last, optimizer=optimizer_name(optimizer), compiled=compiled)
         log(f"step     {name:<9} {out[name].images_per_s:10,.1f} img/s  {out[name].step_ms:9,.0f} ms/step"
             f"  peak {out[name].peak_memory_mb or 0:,.0f} MB")
         del model, optimizer
@@ -468,12 +474,12 @@ def bench_ablation(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.
     # (name, channels_last, optimizer implementation, torch.compile, cudnn.benchmark)
     variants = [("fp32", False, "foreach", False, False), ("fp32+channels_last", True, "foreach", False, False)]
     if bf16_ok:
-        variants += [("bf16", False, "foreach", False, False), ("bf16+channels_last", True, "foreach", False, False)]
+        variants += [("bf16", False, "foreach", False, False), ("bf16+channels_last", True, "foreach", False, False),
+                     ("bf16+channels_last+fused_sgd", True, "fused", False, False)]
         if device.type == "cuda":
-            variants += [("bf16+channels_last+fused_sgd", True, "fused", False, False),
-                         ("bf16+channels_last+cudnn_benchmark", True, "foreach", False, True)]
+            variants.append(("bf16+channels_last+fused_sgd+cudnn_benchmark", True, "fused", False, True))
         if opts.compile:
-            variants.append(("bf16+channels_last+compile", True, "foreach", True, False))
+            variants.append(("bf16+channels_last+fused_sgd+compile", True, "fused", True, False))
     out: dict = {}
     cudnn_default = torch.backends.cudnn.benchmark
     for name, cl, impl, compiled, cudnn_bench in variants:
@@ -483,11 +489,7 @@ def bench_ablation(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.
         model = build_model(cfg.model).to(device)
         if cl:
             model = model.to(memory_format=torch.channels_last)
-        opt = build_optimizer(cfg.optim, model, B)
-        if impl == "fused":
-            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
-            opt = torch.optim.SGD(groups, lr=opt.param_groups[0]["lr"], momentum=cfg.optim.momentum,
-                                  nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0, fused=True)
+        opt = build_optimizer(cfg.optim, model, B, impl=impl)
         net = torch.compile(model) if compiled else model
         warm = opts.warmup + (2 if compiled or cudnn_bench else 0)  # compilation / autotuning in the first calls
         try:
