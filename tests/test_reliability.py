@@ -139,13 +139,14 @@ def _nan_at(step_to_fail):
     return fake
 
 
-def test_nonfinite_loss_stops_with_clear_error_and_good_checkpoint(tiny_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sync_every", [0, 4])  # 0: the loss is read every step on the CPU; 4: only at the epoch end
+def test_nonfinite_loss_stops_with_clear_error_and_good_checkpoint(tiny_folder, tmp_path, monkeypatch, sync_every):
     from simclr import train
 
     monkeypatch.setattr(train, "nt_xent", _nan_at(5))  # 3 steps per epoch: fails in epoch 2, step 2
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as e:
-        pretrain(tiny_cfg(tiny_folder, out, **{"train.epochs": 3}))
+        pretrain(tiny_cfg(tiny_folder, out, **{"train.epochs": 3, "train.sync_every": sync_every}))
     msg = str(e.value)
     assert "epoch 2, step 2" in msg and "optim.lr" in msg and "train.temperature" in msg and "--precision fp32" in msg
     ck = load_checkpoint(out / "checkpoints/last.pt")
@@ -228,3 +229,23 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (10, 200, 30)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_loss_is_read_every_sync_every_steps_with_the_same_result(tiny_folder, tmp_path, monkeypatch):
+    """GPUs: the loop reads the loss (a host-device synchronisation) every train.sync_every steps, not each step."""
+    from simclr import train
+
+    reads = []
+    real = train._LossTally.settle
+    monkeypatch.setattr(train._LossTally, "settle", lambda self, state: reads.append(state.global_step) or real(self, state))
+    losses = {}
+    for every in (1, 4):
+        reads.clear()
+        out = tmp_path / f"run{every}"
+        pretrain(tiny_cfg(tiny_folder, out, **{"train.sync_every": every, "train.precision": "fp32"}))
+        losses[every] = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+        if every == 4:  # 3 steps per epoch, 2 epochs: step 4 and the two epoch ends
+            assert reads == [3, 4, 6]
+        else:
+            assert reads == [1, 2, 3, 3, 4, 5, 6, 6]  # each step, and the epoch end
+    assert losses[1] == pytest.approx(losses[4], rel=1e-6)

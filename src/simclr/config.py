@@ -115,6 +115,7 @@ class TrainConfig:
     knn_t: float = 0.1
     checkpoint_every: int = 500  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
     skip_nonfinite: int = 0  # tolerate up to N steps with a non-finite loss (skipped) before stopping
+    sync_every: int = 0  # steps between reads of the loss from the device (0: auto, 1 on CPU, 50 on GPUs)
     progress: bool = True  # progress bar when stdout is a terminal
     preview: bool = True  # write plots/augment_preview.png at the start
 
@@ -339,6 +340,7 @@ def validate(cfg: Config) -> None:
     _positive("train.knn_t", cfg.train.knn_t)
     _positive("train.skip_nonfinite", cfg.train.skip_nonfinite, 0, strict=False)
     _positive("train.checkpoint_every", cfg.train.checkpoint_every, 0, strict=False)
+    _positive("train.sync_every", cfg.train.sync_every, 0, strict=False)
     if cfg.data.limit is not None:
         _positive("data.limit", cfg.data.limit, 1, strict=False)
     if cfg.data.cache_size is not None:

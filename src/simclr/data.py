@@ -132,7 +132,15 @@ def load_split(cfg: DataConfig, split: str, image_size: int, seed: int = 0, log:
 
 
 def make_splits(train: ImageData, cfg: DataConfig, seed: int) -> dict[str, Tensor]:
-    """Index tensors for pretraining and for the labeled heads.
+    """Index tensors for pretraining and for the labeled heads: :func:`split_labels` of ``train``'s labels."""
+    return split_labels(train.labels, cfg, seed, train.classes)
+
+
+def split_labels(labels: Tensor, cfg: DataConfig, seed: int, classes: Sequence[str] = ()) -> dict[str, Tensor]:
+    """Index tensors for pretraining and for the labeled heads, from the labels alone.
+
+    The rule of :func:`make_splits`, without the pixels, so that the streaming path (:func:`list_images`) picks
+    the same images as the in-memory path for the same files and seed.
 
     ``cfg.split == "standard"``: pretrain on every image; a seeded permutation of the labeled images gives
     ``labeled_val`` (its first ``n_val``) and ``labeled_train`` (all the rest).
@@ -144,19 +152,20 @@ def make_splits(train: ImageData, cfg: DataConfig, seed: int) -> dict[str, Tenso
     most half of the dataset.
 
     Args:
-        train: the train split (labels -1 for unlabeled images).
+        labels: int64 ``[N]`` labels of the train split (-1 for unlabeled images).
         cfg: data config (``split``, ``n_labeled``, ``n_val``).
         seed: run seed.
+        classes: class names, only for the error message.
 
     Returns:
-        ``{"pretrain", "labeled_train", "labeled_val"}``: sorted int64 index tensors into ``train``; the labeled
+        ``{"pretrain", "labeled_train", "labeled_val"}``: sorted int64 index tensors into ``labels``; the labeled
         ones are empty when no image has a label.
 
     Raises:
         DataError: labeled images exist but span fewer than 2 classes.
     """
-    n = len(train)
-    labels = train.labels.to(torch.long).cpu()
+    labels = labels.to(torch.long).cpu()
+    n = int(labels.numel())
     labeled = (labels >= 0).nonzero().flatten()
     empty = torch.empty(0, dtype=torch.long)
     if labeled.numel() == 0:
@@ -165,7 +174,7 @@ def make_splits(train: ImageData, cfg: DataConfig, seed: int) -> dict[str, Tenso
     if n_classes < 2:
         raise DataError(
             f"labeled evaluation needs images of at least 2 classes; the train split has {n_classes} "
-            f"({', '.join(train.classes) or 'no class names'}). Add class folders or use an unlabeled source."
+            f"({', '.join(classes) or 'no class names'}). Add class folders or use an unlabeled source."
         )
     g = torch.Generator().manual_seed(seed)
     order = labeled[torch.randperm(labeled.numel(), generator=g)]
@@ -469,22 +478,7 @@ def _load_folder(cfg: DataConfig, split: str, image_size: int, log: Log) -> Imag
     }
 
     def build() -> ImageData:
-        workers = _cpu_count() if len(files) >= POOL_MIN_FILES else 1
-        log(f"decoding {len(files)} {split} images from {root} at {size}x{size} px "
-            f"({workers} process{'es' if workers > 1 else ''})")
-        t0 = time.perf_counter()
-        arrays, bad = _decode_all(files, size, workers)
-        bad_set = set(bad)
-        ok = [i for i in range(len(files)) if i not in bad_set]
-        images = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()  # [N, S, S, 3] -> [N, 3, S, S]
-        log(f"decoded {len(ok)} images in {time.perf_counter() - t0:.1f} s")
-        return ImageData(
-            images=images,
-            labels=torch.tensor([labels[i] for i in ok], dtype=torch.long),
-            classes=classes,
-            paths=[files[i] for i in ok],
-            skipped=[files[i] for i in bad],
-        )
+        return decode_files(files, labels, classes, size, log, what=f"{split} images from {root}")
 
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.name)[:40] or "root"
     where = hashlib.sha256(str(root).encode()).hexdigest()[:8]
@@ -502,6 +496,39 @@ def _load_folder(cfg: DataConfig, split: str, image_size: int, log: Log) -> Imag
     if len(data) == 0:
         raise DataError(f"none of the {len(files)} image files of the {split} split in {root} could be read")
     return data
+
+
+def decode_files(
+    files: list[str], labels: Sequence[int] | Tensor, classes: list[str], size: int, log: Log = print, what: str = "images"
+) -> ImageData:
+    """Decode image files to an :class:`ImageData` at side ``size``, without the cache.
+
+    The decoder of :func:`load_split` (so the pixels equal the ones it holds); the streaming path uses it for the
+    few images it needs in memory (kNN monitor sets, augmentation preview). Unreadable files are left out and
+    listed in ``skipped``; from ``POOL_MIN_FILES`` files on, a process pool decodes.
+
+    Args:
+        files: image paths.
+        labels: one label per file (-1 unlabeled).
+        classes: class names the labels index into.
+        size: side S of the decoded images.
+        log: receives the progress lines; ``what`` names the files in them.
+    """
+    workers = _cpu_count() if len(files) >= POOL_MIN_FILES else 1
+    log(f"decoding {len(files)} {what} at {size}x{size} px ({workers} process{'es' if workers > 1 else ''})")
+    t0 = time.perf_counter()
+    arrays, bad = _decode_all(files, size, workers)
+    bad_set = set(bad)
+    ok = [i for i in range(len(files)) if i not in bad_set]
+    images = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()  # [N, S, S, 3] -> [N, 3, S, S]
+    log(f"decoded {len(ok)} images in {time.perf_counter() - t0:.1f} s")
+    return ImageData(
+        images=images,
+        labels=torch.as_tensor(labels, dtype=torch.long)[ok],
+        classes=list(classes),
+        paths=[files[i] for i in ok],
+        skipped=[files[i] for i in bad],
+    )
 
 
 def _native_side(files: list[str], root: Path) -> int:

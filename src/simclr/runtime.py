@@ -57,7 +57,8 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 autocast on CPU (about 3x faster here) and on CUDA GPUs that support it; else fp32."""
+    """``auto`` -> bf16 autocast on CPU (2.6x fp32 with channels_last on a 2-core Zen 4, benchmarks/RESULTS.md) and on
+    CUDA GPUs that support it; else fp32."""
     if precision != "auto":
         return precision
     if device.type == "cpu":

@@ -17,13 +17,35 @@ from torch import nn
 from . import augment
 from .checkpoint import atomic_save, atomic_write_bytes, config_differences, load_checkpoint, save_weights
 from .config import Config, save_config, to_dict
-from .data import ImageData, load_split, make_splits
-from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .data import ImageData, decode_files, list_images, load_split, make_splits, split_labels
+from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from .evaluate import knn_accuracy
 from .loss import nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer
 from .runtime import Dist, autocast, barrier, init_distributed, resolve_precision, seed_everything
+
+# Streaming path (data.stream): the kNN monitor's bank (labeled_train) and queries (labeled_val) are the only
+# images decoded into memory, so on huge folders they are capped at a seeded random subset of this many images
+# each; memory stays bounded (10,000 + 5,000 images of S = 96 px is about 400 MB of uint8). The in-memory path
+# already holds every image and monitors with all of them.
+STREAM_KNN_BANK = 10_000
+STREAM_KNN_QUERIES = 5_000
+
+
+@dataclass
+class StreamedImages:
+    """The pretraining images of the streaming path: their files and the side S they decode at, never pixels.
+
+    DataLoader workers decode each step's files (:mod:`simclr.stream`) and are the ones that find unreadable
+    files, so there is no ``skipped`` list here.
+    """
+
+    paths: list[str]
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 @dataclass
@@ -80,6 +102,63 @@ def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt
         yield views  # outside no_grad: a suspended generator would leave grad mode off for the caller
 
 
+class _LossTally:
+    """Step losses kept on the device and read every few steps, so the loop does not wait for the device each step.
+
+    ``add`` queues a step's loss (no synchronisation); ``settle`` reads the queued losses (one host-device
+    synchronisation, plus one all_reduce under torchrun so every process agrees), moves them into ``state`` and
+    returns the global step of the first non-finite loss since the last settle (1-based; None if all were finite).
+    """
+
+    NONE = 2**62  # "no bad step yet"
+
+    def __init__(self, device: torch.device, rt: Dist, reduce: bool):
+        self.reduce = reduce and rt.distributed  # False when every step was already checked on every process
+        self.sum = torch.zeros((), device=device)
+        self.count = 0
+        self.first_bad = torch.full((), self.NONE, dtype=torch.long, device=device)
+        self.mean = float("nan")  # mean loss of the last settled steps (for progress lines)
+
+    def add(self, loss: torch.Tensor, global_step: int) -> None:
+        finite = torch.isfinite(loss)
+        self.sum += torch.where(finite, loss, 0.0)
+        self.first_bad = torch.where(finite, self.first_bad, self.first_bad.clamp(max=global_step))
+        self.count += 1
+
+    def settle(self, state: TrainState) -> int | None:
+        if self.reduce:
+            dist.all_reduce(self.first_bad, op=dist.ReduceOp.MIN)
+        first_bad, total = int(self.first_bad), float(self.sum)
+        if self.count:
+            self.mean = total / self.count
+        state.epoch_loss_sum += total
+        state.epoch_loss_steps += self.count
+        self.sum.zero_()
+        self.count = 0
+        return None if first_bad == self.NONE else first_bad
+
+
+def _nonfinite_error(value: float | str, state: TrainState, global_step: int, lr: float, cfg: Config, precision: str) -> NonFiniteLossError:
+    step = global_step - (state.global_step - state.step_in_epoch)  # step within the current epoch, 1-based
+    return NonFiniteLossError(
+        f"the loss became {value} at epoch {state.epoch + 1}, step {step} (global step {global_step}); "
+        f"likely causes: learning rate too high (optim.lr={cfg.optim.lr}, now {lr:.4g}), temperature too low "
+        f"(train.temperature={cfg.train.temperature}) or reduced precision (train.precision={precision}; try --precision fp32). "
+        "The last good checkpoint is kept: change the setting and continue with --resume, or allow a few bad "
+        "steps with --skip-nonfinite N"
+    )
+
+
+def sync_interval(cfg: Config, device: torch.device) -> int:
+    """Steps between reads of the loss: 1 where reading is free (CPU) or a bad step must be skipped before its
+    update (``train.skip_nonfinite``); else ``train.sync_every``, 0 meaning 50 on GPUs."""
+    if cfg.train.skip_nonfinite:
+        return 1
+    if cfg.train.sync_every:
+        return cfg.train.sync_every
+    return 1 if device.type == "cpu" else 50
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -96,11 +175,16 @@ def train_one_epoch(
     """Train on ``batches`` (pairs of views [b,3,H,W], this process's rows) for steps ``state.step_in_epoch..steps``.
 
     ``steps`` is the number of global batches in the epoch; ``state`` is advanced step by step so that a checkpoint
-    taken at any step boundary resumes exactly.
+    taken at any step boundary resumes exactly. The loss is read from the device every :func:`sync_interval` steps,
+    before each checkpoint and at the end of the epoch; a non-finite loss stops training there (the error names the
+    first bad step; its weights are never checkpointed), or is skipped before its update with
+    ``train.skip_nonfinite``.
     """
     B = cfg.train.batch_size
     device = next(model.parameters()).device
     model.train()
+    every = sync_interval(cfg, device)
+    tally = _LossTally(device, rt, reduce=every > 1)
     show = cfg.train.progress and rt.is_main and sys.stderr.isatty()
     bar = None
     if show:
@@ -109,6 +193,13 @@ def train_one_epoch(
         bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
     t0 = last_line = time.perf_counter()
     done_since_t0 = 0
+    lr = float("nan")
+
+    def settle() -> None:
+        bad = tally.settle(state)
+        if bad is not None:
+            raise _nonfinite_error("non-finite (nan or inf)", state, bad, lr, cfg, precision)
+
     for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
         with torch.no_grad():
             views = torch.cat([v0, v1])  # [2b,3,H,W]: one forward, BN sees both views as in the paper
@@ -119,69 +210,127 @@ def train_one_epoch(
             _, z = model(views)
         z0, z1 = z.float().chunk(2)
         loss = nt_xent(z0, z1, cfg.train.temperature)
-        finite = torch.isfinite(loss.detach()).float()
-        if rt.distributed:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips (or stops) together
-        loss_value = loss.item()
-        if finite.item() < 1:
-            state.nonfinite_skipped += 1
-            if state.nonfinite_skipped > cfg.train.skip_nonfinite:
-                raise NonFiniteLossError(
-                    f"the loss became {loss_value} at epoch {state.epoch + 1}, step {it + 1} (global step {state.global_step + 1}); "
-                    f"likely causes: learning rate too high (optim.lr={cfg.optim.lr}, now {lr:.4g}), temperature too low "
-                    f"(train.temperature={cfg.train.temperature}) or reduced precision (train.precision={precision}; try --precision fp32). "
-                    "The last good checkpoint is kept: change the setting and continue with --resume, or allow a few bad "
-                    "steps with --skip-nonfinite N"
-                )
-            log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{cfg.train.skip_nonfinite})")
-            optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
+        if every == 1:  # read the loss before the update: a bad step can be skipped
+            finite = torch.isfinite(loss.detach()).float()
+            if rt.distributed:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips (or stops) together
+            if finite.item() < 1:
+                state.nonfinite_skipped += 1
+                if state.nonfinite_skipped > cfg.train.skip_nonfinite:
+                    raise _nonfinite_error(loss.item(), state, state.global_step + 1, lr, cfg, precision)
+                log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{cfg.train.skip_nonfinite})")
+            else:
+                loss.backward()
+                optimizer.step()
+                tally.add(loss.detach(), state.global_step + 1)
         else:
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            state.epoch_loss_sum += loss_value
-            state.epoch_loss_steps += 1
+            tally.add(loss.detach(), state.global_step + 1)
         state.global_step += 1
         state.step_in_epoch = it + 1
         done_since_t0 += B
+        if state.global_step % every == 0:
+            settle()
         if bar is not None:
-            rate = done_since_t0 / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+            if tally.count == 0:  # just settled: the loss is known without waiting for the device
+                rate = done_since_t0 / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{tally.mean:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
         elif rt.is_main and cfg.train.progress and time.perf_counter() - last_line > 30:
             # not a terminal (a log file, CI): a plain line every 30 s so progress stays visible
             last_line = time.perf_counter()
             rate = done_since_t0 / max(last_line - t0, 1e-9)
             eta = (steps - it - 1) * B / max(rate, 1e-9)
-            log(f"  epoch {state.epoch + 1}/{cfg.train.epochs} step {it + 1}/{steps}: loss {loss_value:.4f}, "
+            log(f"  epoch {state.epoch + 1}/{cfg.train.epochs} step {it + 1}/{steps}: loss {tally.mean:.4f}, "
                 f"lr {lr:.3g}, {rate:.0f} img/s, epoch ETA {eta:.0f} s")
-        every = cfg.train.checkpoint_every
-        if on_checkpoint is not None and every and state.global_step % every == 0 and state.step_in_epoch < steps:
+        ck_every = cfg.train.checkpoint_every
+        if on_checkpoint is not None and ck_every and state.global_step % ck_every == 0 and state.step_in_epoch < steps:
+            settle()
             state.epoch_time += time.perf_counter() - t0
             t0 = time.perf_counter()
             done_since_t0 = 0
             on_checkpoint()
+    settle()  # also waits for the device, so the epoch time below is the time the work took
     state.epoch_time += time.perf_counter() - t0
     if bar is not None:
         bar.close()
 
 
-def _labeled_sets(cfg: Config, seed: int, log) -> tuple[ImageData, ImageData | None, ImageData | None]:
-    """(pretraining images, kNN bank, kNN queries): the monitor never looks at the test set."""
+def _labeled_sets(cfg: Config, seed: int, log) -> tuple[ImageData | StreamedImages, ImageData | None, ImageData | None]:
+    """(pretraining images, kNN bank, kNN queries): the monitor never looks at the test set.
+
+    With ``data.stream`` the pretraining images stay files (the same split of the same file list, from
+    :func:`simclr.data.list_images` and :func:`simclr.data.split_labels`); only the monitor sets are decoded.
+    """
+    if cfg.data.stream:
+        paths, labels, classes, size = list_images(cfg.data, "train", cfg.model.image_size, seed)
+        if _too_few_classes(labels, log):
+            return StreamedImages(paths, size), None, None
+        splits = split_labels(labels, cfg.data, seed, classes)
+        streamed = StreamedImages([paths[i] for i in splits["pretrain"].tolist()], size)
+        if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
+            return streamed, None, None
+        bank, queries = (
+            _monitor_set(paths, labels, classes, splits[name], cap, size, cfg, seed, log, name)
+            for name, cap in (("labeled_train", STREAM_KNN_BANK), ("labeled_val", STREAM_KNN_QUERIES))
+        )
+        return streamed, bank, queries
     if cfg.data.name == "stl10":
         pre = load_split(cfg.data, "unlabeled", cfg.model.image_size, seed=seed, log=log)
         labeled = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
         splits = make_splits(labeled, cfg.data, seed)
     else:
         data = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
-        if int(data.labels[data.labels >= 0].unique().numel()) < 2:
-            log("note: fewer than 2 labeled classes, so pretraining uses every image and the kNN monitor is off")
+        if _too_few_classes(data.labels, log):
             return data, None, None
         splits = make_splits(data, cfg.data, seed)
         pre, labeled = data.subset(splits["pretrain"]), data
     if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
         return pre, None, None
     return pre, labeled.subset(splits["labeled_train"]), labeled.subset(splits["labeled_val"])
+
+
+def _too_few_classes(labels: torch.Tensor, log) -> bool:
+    """True (with a note) when the labels span fewer than 2 classes: no labeled split and no kNN monitor then."""
+    if int(labels[labels >= 0].unique().numel()) >= 2:
+        return False
+    log("note: fewer than 2 labeled classes, so pretraining uses every image and the kNN monitor is off")
+    return True
+
+
+def _monitor_set(
+    paths: list[str], labels: torch.Tensor, classes: list[str], index: torch.Tensor, cap: int, size: int, cfg: Config, seed: int, log, name: str
+) -> ImageData:
+    """Decode rows ``index`` of a streamed file list for the kNN monitor: at most ``cap`` of them, a seeded pick.
+
+    Unreadable files are left out with a warning (an error with ``data.strict``), as :func:`simclr.data.load_split`
+    does; the pretraining files are not scanned for them (the loader workers report those).
+    """
+    if len(index) > cap:
+        keep = torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))[:cap]
+        log(f"kNN monitor ({name}): decoding a seeded {cap} of its {len(index)} images (data.stream)")
+        index = index[keep].sort().values
+    data = decode_files([paths[i] for i in index.tolist()], labels[index], classes, size, log, what=f"kNN monitor ({name}) images")
+    if data.skipped:
+        shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
+        if cfg.data.strict:
+            raise DataError(f"{len(data.skipped)} unreadable image file(s) and data.strict is on: {shown}")
+        log(f"warning: the kNN monitor ({name}) left out {len(data.skipped)} unreadable image file(s): {shown}")
+    return data
+
+
+def _preview_images(pre: ImageData | StreamedImages, seed: int) -> torch.Tensor:
+    """uint8 ``[k, 3, S, S]``: 8 seeded pretraining images for the augmentation preview (k < 8 if some are unreadable).
+
+    On the streaming path just those files are decoded.
+    """
+    pick = torch.randperm(len(pre), generator=torch.Generator().manual_seed(seed))[:8]  # a spread of classes
+    if isinstance(pre, ImageData):
+        return pre.images[pick]
+    files = [pre.paths[i] for i in pick.tolist()]
+    return decode_files(files, [-1] * len(files), [], pre.size, log=lambda _: None).images
 
 
 def unwrap(model: nn.Module) -> SimCLR:
@@ -207,6 +356,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     started = time.perf_counter()
     device = rt.device
     precision = resolve_precision(cfg.train.precision, device)
+    if device.type == "cuda":  # every step has the same shapes: let cuDNN time its algorithms once and keep the fastest
+        torch.backends.cudnn.benchmark = True
     B = cfg.train.batch_size
     if B % rt.world_size:
         raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
@@ -229,10 +380,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     steps_per_epoch = len(pre) // B
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
-    if cfg.data.stream and pre.paths is None:
-        raise ConfigError("data.stream: the streaming path reads image files; point data.name at an image folder or turn data.stream off")
     # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
-    images = None if cfg.data.stream else pre.images.to(device, non_blocking=True)
+    images = pre.images.to(device, non_blocking=True) if isinstance(pre, ImageData) else None
     log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
         + (f", {rt.world_size} processes" if rt.distributed else ""))
 
@@ -262,13 +411,14 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         for stale in (run_dir / "checkpoints").glob(".last.pt.tmp*"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml", {"command": command or "", "kind": "simclr"})
-        if pre.skipped:  # unreadable files were skipped with one warning; keep the full list with the run
+        if isinstance(pre, ImageData) and pre.skipped:  # unreadable files were skipped with one warning; keep the list
             atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / "skipped_files.txt")
         # metrics.jsonl holds each finished epoch once, also after a resume
         atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
         if cfg.train.preview and saved is None:
-            pick = torch.randperm(len(pre), generator=torch.Generator().manual_seed(cfg.train.seed))[:8]  # a spread of classes
-            augment.save_preview(pre.images[pick], cfg.augment, cfg.model.image_size, run_dir / "plots" / "augment_preview.png", seed=cfg.train.seed)
+            shown = _preview_images(pre, cfg.train.seed)
+            if len(shown):
+                augment.save_preview(shown, cfg.augment, cfg.model.image_size, run_dir / "plots" / "augment_preview.png", seed=cfg.train.seed)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -287,10 +437,10 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     started_ckpt = [time.perf_counter()]
     while state.epoch < cfg.train.epochs:
         epoch_start_step = state.step_in_epoch
-        if cfg.data.stream:
+        if isinstance(pre, StreamedImages):
             from .stream import stream_batches
 
-            batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.images.shape[-1])
+            batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
         else:
             batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
         train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
