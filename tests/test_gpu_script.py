@@ -1,0 +1,47 @@
+"""benchmarks/gpu.sh end to end on the CPU with tiny settings: every stage runs and the summary holds its figures.
+
+The script is written for one GPU and a 10-minute budget; this checks its plumbing (bench, pretraining with kNN
+per epoch, test-set kNN of the last weights, summary) so it does not rot between the rare sessions with a GPU.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_script_runs_every_stage_on_cpu(tmp_path):
+    data = make_image_folder(tmp_path / "cifar", n_per_class=24, n_test_per_class=6, size=16)
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "DEVICE": "cpu",
+        "EPOCHS": "2",
+        "KNN_EVERY": "1",
+        "BUDGET_S": "300",
+        "BENCH_S": "120",
+        "SCRATCH": str(tmp_path / "scratch"),
+        "BENCH_ARGS": "--batch-size 8 --image-size 16 --steps 1 --warmup 1 --aug-images 16 --workers 0 "
+                      "--set model.proj_hidden=[16] --set model.proj_dim=8",
+        "TRAIN_ARGS": "--batch-size 16 --image-size 16 --set model.proj_hidden=[16] --set model.proj_dim=8 "
+                      "--set data.n_val=12 --set train.knn_k=5 --set eval.knn_k=5",
+    }
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out), str(data)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    log = (out / "log.txt").read_text() if (out / "log.txt").exists() else ""
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + log[-3000:]
+    assert {"env.txt", "log.txt", "bench.json", "metrics.jsonl", "knn_test.json", "timing.json", "summary.md",
+            "summary.json"} <= {p.name for p in out.iterdir()}, log[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"augment", "step", "ablation"} <= set(summary["throughput"])
+    p = summary["pretrain"]
+    assert p["epochs_done"] == 2 and p["seconds_per_epoch_mean"] > 0
+    assert set(p["knn_val"]) == {"1", "2"} or set(p["knn_val"]) == {1, 2}
+    assert 0.0 <= p["knn_test"] <= 1.0
+    assert "s/epoch" in (out / "summary.md").read_text()
