@@ -60,7 +60,8 @@ def runs(tmp_path_factory):
         cfg_path = tmp / f"cfg_{sync}.yaml"
         save_config(cfg, cfg_path)
         _pretrain_one_thread(cfg)
-        r = _torchrun(cfg_path, tmp / f"ddp_{sync}")
+        # sync_every=2: the loss is read every 2nd step, with the cross-process check of the GPU path (all_reduce)
+        r = _torchrun(cfg_path, tmp / f"ddp_{sync}", ["--set", "train.sync_every=2"] if sync else [])
         results["over"] = {**COMMON, "data.name": str(folder), "train.sync_bn": sync}
         results[sync] = (load_checkpoint(tmp / f"single_{sync}/checkpoints/last.pt"), load_checkpoint(tmp / f"ddp_{sync}/checkpoints/last.pt"), r)
     return results
