@@ -21,6 +21,7 @@ counted. Where the reset is refused, the lifetime peak ``ru_maxrss`` is reported
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import gc
@@ -41,7 +42,7 @@ from .config import AugmentConfig, Config
 from .loss import nt_xent
 from .models import build_model
 from .optim import build_optimizer, scaled_lr
-from .runtime import autocast, resolve_device, resolve_precision, synchronize
+from .runtime import autocast, resolve_device, resolve_precision, reuse_freed_memory, synchronize
 
 PARTS = ("augment", "step", "epoch", "ablation")
 
@@ -290,6 +291,23 @@ def _peer_model(cfg: Config, device: torch.device) -> tuple[nn.Module, torch.opt
     return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
 
 
+@contextlib.contextmanager
+def our_settings(device: torch.device, reuse_memory: bool, cudnn_benchmark: bool | None = None) -> Iterator[None]:
+    """The process-wide settings simclr trains with (:func:`simclr.runtime.configure_device`: cuDNN autotuning on
+    CUDA, reuse of freed memory on the CPU) around one of our pipelines; torch's and glibc's defaults again after it,
+    so the peers' pipelines always run with those."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" if cudnn_benchmark is None else cudnn_benchmark
+    if device.type == "cpu" and reuse_memory:
+        reuse_freed_memory(True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+        if device.type == "cpu":
+            reuse_freed_memory(False)
+
+
 def optimizer_name(opt: torch.optim.Optimizer) -> str:
     """E.g. ``SGD fused``: the class and the implementation torch runs."""
     impl = "fused" if opt.defaults.get("fused") else "foreach" if opt.defaults.get("foreach") else "per-tensor"
@@ -324,7 +342,8 @@ def bench_augment(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.d
         with torch.no_grad():
             augment.simclr_views(images[rows(i)], cfg.augment, size, seed, 0, i)
 
-    sec, peak, method = _timed(device, opts.warmup, n_batches, ours, base)
+    with our_settings(device, cfg.train.reuse_memory):
+        sec, peak, method = _timed(device, opts.warmup, n_batches, ours, base)
     out = {"ours": _measure(n_batches * B, n_batches, sec, peak, method)}
     log(f"augment  ours      {out['ours'].images_per_s:10,.0f} img/s")
     if opts.baseline:
@@ -363,7 +382,8 @@ def bench_step(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.devi
 
         warm = opts.warmup + (2 if compiled else 0)  # compilation happens in the first calls
         try:
-            sec, peak, method = _timed(device, warm, opts.steps, ours, base)
+            with our_settings(device, cfg.train.reuse_memory):
+                sec, peak, method = _timed(device, warm, opts.steps, ours, base)
         except Exception as e:  # torch.compile needs a working compiler toolchain; report, do not abort the run
             if not compiled:
                 raise
@@ -371,7 +391,8 @@ def bench_step(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.devi
             log(f"step     {name}: failed ({out[name]['error'][:200]})")
             continue
         out[name] = _measure(opts.steps * B, opts.steps, sec, peak, method, precision=precision,
-                             channels_last=cfg.train.channels_last, optimizer=optimizer_name(optimizer), compiled=compiled)
+                             channels_last=cfg.train.channels_last, optimizer=optimizer_name(optimizer), compiled=compiled,
+                             reuse_memory=cfg.train.reuse_memory and device.type == "cpu")
         log(f"step     {name:<9} {out[name].images_per_s:10,.1f} img/s  {out[name].step_ms:9,.0f} ms/step"
             f"  peak {out[name].peak_memory_mb or 0:,.0f} MB")
         del model, optimizer
@@ -415,6 +436,10 @@ def bench_epoch(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.dev
     out: dict = {}
 
     def ours(name: str, batches_for_epoch: Callable[[], Iterator]) -> None:
+        with our_settings(device, cfg.train.reuse_memory):
+            run_ours(name, batches_for_epoch)
+
+    def run_ours(name: str, batches_for_epoch: Callable[[], Iterator]) -> None:
         from .optim import Schedule
 
         base = _rss_base()
@@ -471,20 +496,22 @@ def bench_ablation(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.
     with torch.no_grad():
         v0, v1 = augment.simclr_views(pool[:B].to(device), cfg.augment, size, seed, 0, 0)
     bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    # (name, channels_last, optimizer implementation, torch.compile, cudnn.benchmark)
-    variants = [("fp32", False, "foreach", False, False), ("fp32+channels_last", True, "foreach", False, False)]
+    # (name, channels_last, optimizer implementation, torch.compile, cudnn.benchmark, CPU memory reuse)
+    cpu = device.type == "cpu"
+    variants = [("fp32", False, "foreach", False, False, False)]
+    if cpu:
+        variants.append(("fp32+reuse_memory", False, "foreach", False, False, True))
+    variants.append(("fp32+channels_last", True, "foreach", False, False, False))
     if bf16_ok:
-        variants += [("bf16", False, "foreach", False, False), ("bf16+channels_last", True, "foreach", False, False),
-                     ("bf16+channels_last+fused_sgd", True, "fused", False, False)]
-        if device.type == "cuda":
-            variants.append(("bf16+channels_last+fused_sgd+cudnn_benchmark", True, "fused", False, True))
+        variants += [("bf16", False, "foreach", False, False, False), ("bf16+channels_last", True, "foreach", False, False, False),
+                     ("bf16+channels_last+fused_sgd", True, "fused", False, False, False)]
+        default = "bf16+channels_last+fused_sgd+" + ("reuse_memory" if cpu else "cudnn_benchmark")
+        variants.append((default, True, "fused", False, not cpu, cpu))
         if opts.compile:
-            variants.append(("bf16+channels_last+fused_sgd+compile", True, "fused", True, False))
+            variants.append((default + "+compile", True, "fused", True, not cpu, cpu))
     out: dict = {}
-    cudnn_default = torch.backends.cudnn.benchmark
-    for name, cl, impl, compiled, cudnn_bench in variants:
+    for name, cl, impl, compiled, cudnn_bench, reuse in variants:
         precision = "bf16" if name.startswith("bf16") else "fp32"
-        torch.backends.cudnn.benchmark = cudnn_bench
         base = _rss_base()
         model = build_model(cfg.model).to(device)
         if cl:
@@ -493,18 +520,17 @@ def bench_ablation(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.
         net = torch.compile(model) if compiled else model
         warm = opts.warmup + (2 if compiled or cudnn_bench else 0)  # compilation / autotuning in the first calls
         try:
-            sec, peak, method = _timed(device, warm, opts.steps, lambda i, net=net, opt=opt, p=precision, cl=cl:
-                                       _views_step(net, opt, v0, v1, device, p, cl, temp), base)
+            with our_settings(device, reuse, cudnn_bench):
+                sec, peak, method = _timed(device, warm, opts.steps, lambda i, net=net, opt=opt, p=precision, cl=cl:
+                                           _views_step(net, opt, v0, v1, device, p, cl, temp), base)
         except Exception as e:  # e.g. torch.compile without a compiler toolchain: report, do not abort the run
             if not compiled:
                 raise
             out[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
             log(f"ablation {name}: failed ({out[name]['error'][:200]})")
             continue
-        finally:
-            torch.backends.cudnn.benchmark = cudnn_default
         out[name] = _measure(opts.steps * B, opts.steps, sec, peak, method)
-        log(f"ablation {name:<36} {out[name].images_per_s:10,.1f} img/s  peak {out[name].peak_memory_mb or 0:,.0f} MB")
+        log(f"ablation {name:<48} {out[name].images_per_s:10,.1f} img/s  peak {out[name].peak_memory_mb or 0:,.0f} MB")
         del model, opt, net
     return out
 
@@ -606,7 +632,7 @@ def format_table(result: dict) -> str:
         + f"  torch {m['torch']}  load {m['load_average']}",
         f"{s['backbone']}, {s['image_size']} px, batch {s['batch_size']}, ours {s['precision']}"
         + (" channels_last" if s["channels_last"] else "") + f" vs fp32 eager; data: {s['data']}",
-        f"{'part':<9}{'pipeline':<32}{'src img/s':>12}{'ms/step':>10}{'peak MB':>10}{'vs baseline':>13}",
+        f"{'part':<9}{'pipeline':<50}{'src img/s':>12}{'ms/step':>10}{'peak MB':>10}{'vs baseline':>13}",
     ]
     for part in PARTS:
         if part not in result:
@@ -619,5 +645,5 @@ def format_table(result: dict) -> str:
             ratio = f"x{v['images_per_s'] / base:.2f}" if base and name != "baseline" else ""
             ms = f"{v['step_ms']:,.0f}" if v.get("step_ms") is not None else ""
             mem = f"{v['peak_memory_mb']:,.0f}" if v.get("peak_memory_mb") is not None else ""
-            lines.append(f"{part:<9}{name:<32}{v['images_per_s']:>12,.1f}{ms:>10}{mem:>10}{ratio:>13}")
+            lines.append(f"{part:<9}{name:<50}{v['images_per_s']:>12,.1f}{ms:>10}{mem:>10}{ratio:>13}")
     return "\n".join(lines)

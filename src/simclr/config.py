@@ -109,6 +109,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast where it is faster (CPU, recent GPUs) | bf16 | fp32
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (costs a minute of compile time)
+    reuse_memory: bool = True  # CPU (glibc): keep freed memory for the next step (runtime.reuse_freed_memory)
     sync_bn: bool = False  # synchronised BatchNorm across processes (global BN)
     knn_every: int = 10  # epochs between kNN monitor evaluations (0: never; always after the last)
     knn_k: int = 200

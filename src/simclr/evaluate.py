@@ -44,7 +44,7 @@ from .data import ImageData, load_split, make_splits
 from .errors import CheckpointError, ConfigError, DataError
 from .models import Backbone, build_backbone
 from .optim import Schedule, build_optimizer, lr_at
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, configure_device, resolve_device, resolve_precision
 
 LINEAR_BATCH_SIZE = 1000  # linear probe on features (dkobak/simclr-cifar10)
 MLP_BATCH_SIZE = 64  # notebook head; Keras-sized batches
@@ -734,6 +734,7 @@ def evaluate_encoder(
     out_dir = Path(out_dir)
     method = method or cfg.name
     device = resolve_device(cfg.train.device)
+    configure_device(device, cfg.train.reuse_memory)
     precision = resolve_precision(cfg.train.precision, device)
     data = data if data is not None else load_eval_data(cfg, log)
     encoder = encoder.to(device)

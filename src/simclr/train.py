@@ -23,7 +23,15 @@ from .evaluate import knn_accuracy
 from .loss import nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer
-from .runtime import Dist, autocast, barrier, init_distributed, resolve_precision, seed_everything
+from .runtime import (
+    Dist,
+    autocast,
+    barrier,
+    configure_device,
+    init_distributed,
+    resolve_precision,
+    seed_everything,
+)
 
 # Streaming path (data.stream): the kNN monitor's bank (labeled_train) and queries (labeled_val) are the only
 # images decoded into memory, so on huge folders they are capped at a seeded random subset of this many images
@@ -356,8 +364,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     started = time.perf_counter()
     device = rt.device
     precision = resolve_precision(cfg.train.precision, device)
-    if device.type == "cuda":  # every step has the same shapes: let cuDNN time its algorithms once and keep the fastest
-        torch.backends.cudnn.benchmark = True
+    configure_device(device, cfg.train.reuse_memory)
     B = cfg.train.batch_size
     if B % rt.world_size:
         raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
