@@ -3,8 +3,9 @@
     python benchmarks/cpu_step_profile.py [OUT_JSON]     (default: benchmarks/results/cpu_step_profile.json)
 
 Backs the explanation in RESULTS.md of why bf16 + channels_last stays near 2.5-2.9x fp32 here. For the quickstart
-model (ResNet-18, CIFAR stem, batch 256 = 512 views, the projection head and NT-Xent), in fp32 contiguous (the
-peers' default) and in bf16 autocast + channels_last (ours), it reports:
+model (ResNet-18, CIFAR stem, batch 256 = 512 views, the projection head and NT-Xent), in fp32 contiguous with
+glibc's default allocator (the peers' default) and in bf16 autocast + channels_last + fused SGD with freed memory
+reused (ours, ``train.reuse_memory``), it reports:
 
 1. the share of the step in convolutions (forward, backward), BatchNorm, ReLU and everything else
    (``torch.profiler``, self CPU time over the timed steps);
@@ -32,7 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from simclr.bench import _views_step, machine_info  # noqa: E402
+from simclr.bench import _views_step, machine_info, our_settings  # noqa: E402
 from simclr.config import load_config  # noqa: E402
 from simclr.models import build_model  # noqa: E402
 from simclr.optim import build_optimizer  # noqa: E402
@@ -73,14 +74,19 @@ def matmul_ceiling(dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
     return 2.0 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def profile_step(precision: str, channels_last: bool, steps: int = 2) -> dict:
+def profile_step(precision: str, channels_last: bool, reuse_memory: bool, steps: int = 2) -> dict:
+    with our_settings(torch.device("cpu"), reuse_memory):
+        return _profile_step(precision, channels_last, steps)
+
+
+def _profile_step(precision: str, channels_last: bool, steps: int) -> dict:
     cfg = load_config("quickstart", {"train.device": "cpu"})
     torch.manual_seed(0)
     model = build_model(cfg.model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    opt = build_optimizer(cfg.optim, model, cfg.train.batch_size)
+    opt = build_optimizer(cfg.optim, model, cfg.train.batch_size, impl="auto" if precision == "bf16" else "foreach")
     B, size = cfg.train.batch_size, cfg.model.image_size
     v0, v1 = torch.randn(B, 3, size, size), torch.randn(B, 3, size, size)
     device = torch.device("cpu")
@@ -123,8 +129,8 @@ def main() -> None:
         "machine": machine_info(torch.device("cpu")),
         "command": "python benchmarks/cpu_step_profile.py",
         "matmul_ceiling_gflops": {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)},
-        "ours_bf16_channels_last": profile_step("bf16", True),
-        "peers_fp32": profile_step("fp32", False),
+        "ours_bf16_channels_last": profile_step("bf16", True, reuse_memory=True),
+        "peers_fp32": profile_step("fp32", False, reuse_memory=False),
     }
     ours, peers = result["ours_bf16_channels_last"], result["peers_fp32"]
     result["step_ratio"] = ours["source_images_per_s"] / peers["source_images_per_s"]
