@@ -2,10 +2,11 @@
 
 Ours: the dataset lives on the device as uint8, :func:`simclr.augment.simclr_views` makes both views of a batch
 there with per-sample parameters, the encoder runs under bf16 autocast (where the device has it) with
-channels_last tensors, and the optimizer is torch's fused implementation where it has one. The peers' default (dkobak/simclr-cifar10, the
-PyTorch Lightning / UvA tutorial, most SimCLR repositories): a torchvision per-image transform on PIL images in a
-DataLoader with worker processes, and the same model in fp32, eager, contiguous format, with ``torch.optim.SGD``
-as constructed by default.
+channels_last tensors, the optimizer is torch's fused implementation where it has one, and the process settings
+are those of ``simclr pretrain`` (:func:`our_settings`: freed memory reused on the CPU, cuDNN autotuning on CUDA).
+The peers' default (dkobak/simclr-cifar10, the PyTorch Lightning / UvA tutorial, most SimCLR repositories): a
+torchvision per-image transform on PIL images in a DataLoader with worker processes, and the same model in fp32,
+eager, contiguous format, with ``torch.optim.SGD`` as constructed by default, under torch's and glibc's defaults.
 
 Every throughput counts SOURCE images per second: one source image is two views through the encoder. Step
 timings exclude warm-up steps and wait for the device before the clock stops; epoch timings include everything an
