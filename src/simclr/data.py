@@ -123,12 +123,20 @@ def load_split(cfg: DataConfig, split: str, image_size: int, seed: int = 0, log:
         data = _load_builtin(cfg, split, image_size, log)
     else:
         data = _load_folder(cfg, split, image_size, log)
-    if cfg.limit is not None and cfg.limit < len(data):
-        g = torch.Generator().manual_seed(TEST_LIMIT_SEED if split == "test" else seed)
-        keep = torch.randperm(len(data), generator=g)[: cfg.limit].sort().values
+    keep = _limit_keep(len(data), cfg, split, seed)
+    if keep is not None:
         log(f"data.limit: using {cfg.limit} of {len(data)} {split} images")
         data = data.subset(keep)
     return data
+
+
+def _limit_keep(n: int, cfg: DataConfig, split: str, seed: int) -> Tensor | None:
+    """Rows ``data.limit`` keeps of ``n`` (sorted), or None to keep all: the first ``limit`` of a seeded permutation;
+    the test split's seed is fixed so that its images do not move with the run's ``--seed``."""
+    if cfg.limit is None or cfg.limit >= n:
+        return None
+    g = torch.Generator().manual_seed(TEST_LIMIT_SEED if split == "test" else seed)
+    return torch.randperm(n, generator=g)[: cfg.limit].sort().values
 
 
 def make_splits(train: ImageData, cfg: DataConfig, seed: int) -> dict[str, Tensor]:
@@ -449,7 +457,9 @@ def _scan_folder(root: Path, split: str, test_fraction: float) -> tuple[str, lis
     )
 
 
-def _load_folder(cfg: DataConfig, split: str, image_size: int, log: Log) -> ImageData:
+def _open_folder(cfg: DataConfig, split: str, image_size: int, log: Log) -> tuple[Path, str, list[str], list[int], list[str], int]:
+    """The image files of one split of the folder ``cfg.name``, not decoded: (root, layout, files, labels, classes,
+    side S the images are stored at). Shared by :func:`load_split` and :func:`list_images`."""
     root = Path(cfg.name).expanduser()
     if not root.exists():
         raise DataError(
@@ -464,8 +474,22 @@ def _load_folder(cfg: DataConfig, split: str, image_size: int, log: Log) -> Imag
         log(f"note: ignored {ignored} file(s) without an image extension ({' '.join(IMAGE_EXTENSIONS)}) in {root}")
     if not files:
         raise DataError(f"the {split} split of {root} is empty (layout {layout}, test_fraction {cfg.test_fraction})")
+    return root, layout, files, labels, classes, cfg.cache_size or min(image_size, _native_side(ref, root))
 
-    size = cfg.cache_size or min(image_size, _native_side(ref, root))
+
+def report_unreadable(skipped: list[str], strict: bool, where: str, log: Log, after: str = "") -> None:
+    """The one warning about files that could not be decoded, or with ``data.strict`` the DataError."""
+    if not skipped:
+        return
+    shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    what = f"{len(skipped)} unreadable image file(s) in {where} (corrupt, truncated, empty or not an image)"
+    if strict:
+        raise DataError(f"{what} and data.strict is on: {shown}")
+    log(f"warning: skipped {what}: {shown}{after}")
+
+
+def _load_folder(cfg: DataConfig, split: str, image_size: int, log: Log) -> ImageData:
+    root, layout, files, labels, classes, size = _open_folder(cfg, split, image_size, log)
     key = {
         "kind": f"folder-{layout}",
         "path": str(root),
@@ -484,15 +508,8 @@ def _load_folder(cfg: DataConfig, split: str, image_size: int, log: Log) -> Imag
     where = hashlib.sha256(str(root).encode()).hexdigest()[:8]
     data = _cached(cfg, f"folder-{safe}-{where}-{split}-{size}", key, build, log)
 
-    if data.skipped:
-        shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
-        if cfg.strict:
-            raise DataError(
-                f"{len(data.skipped)} unreadable image file(s) in {root} (corrupt, truncated, empty or not an "
-                f"image) and data.strict is on: {shown}"
-            )
-        log(f"warning: skipped {len(data.skipped)} unreadable image file(s) in {root} (corrupt, truncated, "
-            f"empty or not an image): {shown}; the list is written to the run directory (skipped_files.txt)")
+    report_unreadable(data.skipped, cfg.strict, str(root), log,
+                      "; the list is written to the run directory (skipped_files.txt)")
     if len(data) == 0:
         raise DataError(f"none of the {len(files)} image files of the {split} split in {root} could be read")
     return data
@@ -710,7 +727,7 @@ def _read_cache(path: Path) -> ImageData:
     )
 
 
-def list_images(cfg: DataConfig, split: str, image_size: int, seed: int = 0) -> tuple[list[str], Tensor, list[str], int]:
+def list_images(cfg: DataConfig, split: str, image_size: int, seed: int = 0, log: Log = print) -> tuple[list[str], Tensor, list[str], int]:
     """The files of one split of an image folder, without decoding them (for the streaming loader).
 
     Same layouts, split rules and ``cfg.limit`` selection as :func:`load_split`; unreadable files are only found
@@ -728,19 +745,11 @@ def list_images(cfg: DataConfig, split: str, image_size: int, seed: int = 0) -> 
             f"data.stream reads image files, and {cfg.name!r} is a torchvision dataset that is held in memory: "
             "turn data.stream off, or point data.name at a folder of images"
         )
-    root = Path(cfg.name).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data path {root} is not a folder of images (data.stream needs one)")
-    root = root.resolve()
-    layout, files, labels, classes, ref, _ = _scan_folder(root, split, cfg.test_fraction)
-    if not files:
-        raise DataError(f"the {split} split of {root} is empty (layout {layout}, test_fraction {cfg.test_fraction})")
+    _, _, files, labels, classes, size = _open_folder(cfg, split, image_size, log)
     if split == "unlabeled":
         labels = [-1] * len(files)
-    size = cfg.cache_size or min(image_size, _native_side(ref, root))
     paths, label_t = [str(f) for f in files], torch.tensor(labels, dtype=torch.long)
-    if cfg.limit is not None and cfg.limit < len(paths):
-        g = torch.Generator().manual_seed(TEST_LIMIT_SEED if split == "test" else seed)
-        keep = torch.randperm(len(paths), generator=g)[: cfg.limit].sort().values
+    keep = _limit_keep(len(paths), cfg, split, seed)
+    if keep is not None:
         paths, label_t = [paths[i] for i in keep.tolist()], label_t[keep]
     return paths, label_t, classes, size

@@ -17,8 +17,16 @@ from torch import nn
 from . import augment
 from .checkpoint import atomic_save, atomic_write_bytes, config_differences, load_checkpoint, save_weights
 from .config import Config, save_config, to_dict
-from .data import ImageData, decode_files, list_images, load_split, make_splits, split_labels
-from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from .data import (
+    ImageData,
+    decode_files,
+    list_images,
+    load_split,
+    make_splits,
+    report_unreadable,
+    split_labels,
+)
+from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import knn_accuracy
 from .loss import nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
@@ -273,7 +281,7 @@ def _labeled_sets(cfg: Config, seed: int, log) -> tuple[ImageData | StreamedImag
     :func:`simclr.data.list_images` and :func:`simclr.data.split_labels`); only the monitor sets are decoded.
     """
     if cfg.data.stream:
-        paths, labels, classes, size = list_images(cfg.data, "train", cfg.model.image_size, seed)
+        paths, labels, classes, size = list_images(cfg.data, "train", cfg.model.image_size, seed, log)
         if _too_few_classes(labels, log):
             return StreamedImages(paths, size), None, None
         splits = split_labels(labels, cfg.data, seed, classes)
@@ -321,11 +329,7 @@ def _monitor_set(
         log(f"kNN monitor ({name}): decoding a seeded {cap} of its {len(index)} images (data.stream)")
         index = index[keep].sort().values
     data = decode_files([paths[i] for i in index.tolist()], labels[index], classes, size, log, what=f"kNN monitor ({name}) images")
-    if data.skipped:
-        shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
-        if cfg.data.strict:
-            raise DataError(f"{len(data.skipped)} unreadable image file(s) and data.strict is on: {shown}")
-        log(f"warning: the kNN monitor ({name}) left out {len(data.skipped)} unreadable image file(s): {shown}")
+    report_unreadable(data.skipped, cfg.data.strict, f"the kNN monitor's {name} images", log)
     return data
 
 
