@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from . import augment
@@ -85,24 +84,13 @@ class StepDataset(torch.utils.data.Dataset):
         return tuple(out)
 
 
-def _first_side(paths: list[str]) -> int:
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                if min(im.size) > 0:
-                    return min(im.size)
-        except Exception:  # unreadable files are handled when decoded
-            continue
-    raise DataError(f"none of the {len(paths)} image files could be read")
-
-
 def stream_batches(
     paths: list[str],
     cfg: Config,
     epoch: int,
     start: int,
     rt: Dist,
-    size: int | None = None,
+    size: int,
     workers: int | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Two views of this process's rows of each global batch of an epoch, from image files, steps ``start...``.
@@ -116,8 +104,7 @@ def stream_batches(
         epoch: epoch index (data order and augmentation parameters depend on it).
         start: first step (resume mid-epoch).
         rt: this process's rank, world size and device.
-        size: side S the images are decoded at (``data.list_images`` gives it); default
-            ``data.cache_size`` or min(view size, short side of the first readable file), the rule of data.py.
+        size: side S the images are decoded at (:func:`simclr.data.list_images` gives it).
         workers: DataLoader workers (default ``cfg.data.workers``; 0 decodes in this process).
 
     Yields:
@@ -130,8 +117,6 @@ def stream_batches(
     steps = len(paths) // B  # the last partial batch is dropped, as on the device path
     if start >= steps:
         return
-    if size is None:
-        size = cfg.data.cache_size or min(cfg.model.image_size, _first_side(paths))
     workers = cfg.data.workers if workers is None else workers
     dataset = StepDataset(
         paths, epoch_permutation(len(paths), cfg.train.seed, epoch), B, (rt.rank * b, (rt.rank + 1) * b),
