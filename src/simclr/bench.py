@@ -40,10 +40,10 @@ from torch import Tensor, nn
 
 from . import augment
 from .config import AugmentConfig, Config
-from .loss import nt_xent
 from .models import build_model
 from .optim import build_optimizer, scaled_lr
-from .runtime import autocast, resolve_device, resolve_precision, reuse_freed_memory, synchronize
+from .runtime import resolve_device, resolve_precision, reuse_freed_memory, synchronize
+from .train import simclr_loss
 
 PARTS = ("augment", "step", "epoch", "ablation")
 
@@ -264,14 +264,9 @@ def _measure(images: int, steps: int, seconds: float, peak: float | None, method
 
 def _views_step(model: nn.Module, optimizer: torch.optim.Optimizer, v0: Tensor, v1: Tensor, device: torch.device,
                 precision: str, channels_last: bool, temperature: float) -> Tensor:
-    """One SimCLR optimisation step on two views; returns the loss without reading it (no host sync)."""
-    views = torch.cat([v0, v1])
-    if channels_last:
-        views = views.contiguous(memory_format=torch.channels_last)
-    with autocast(device, precision):
-        _, z = model(views)
-    z0, z1 = z.float().chunk(2)
-    loss = nt_xent(z0, z1, temperature)
+    """One SimCLR optimisation step on two views (the loss of the training loop); returns the loss without reading
+    it (no host sync)."""
+    loss = simclr_loss(model, v0, v1, device, precision, channels_last, temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -118,6 +118,19 @@ def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt
         yield views  # outside no_grad: a suspended generator would leave grad mode off for the caller
 
 
+def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: torch.device, precision: str,
+                channels_last: bool, temperature: float) -> torch.Tensor:
+    """NT-Xent of one step, not yet read from the device: both views [b,3,H,W] in one forward [2b,3,H,W] (BatchNorm
+    sees both views, as in the paper), under ``precision`` autocast; the projections and the loss in fp32."""
+    views = torch.cat([v0, v1])
+    if channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
+    with autocast(device, precision):
+        _, z = model(views)
+    z0, z1 = z.float().chunk(2)
+    return nt_xent(z0, z1, temperature)
+
+
 class _LossTally:
     """Step losses kept on the device and read every few steps, so the loop does not wait for the device each step.
 
@@ -217,29 +230,20 @@ def train_one_epoch(
             raise _nonfinite_error("non-finite (nan or inf)", state, bad, lr, cfg, precision)
 
     for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
-        with torch.no_grad():
-            views = torch.cat([v0, v1])  # [2b,3,H,W]: one forward, BN sees both views as in the paper
-            if cfg.train.channels_last:
-                views = views.contiguous(memory_format=torch.channels_last)
         lr = schedule(state.global_step)
-        with autocast(device, precision):
-            _, z = model(views)
-        z0, z1 = z.float().chunk(2)
-        loss = nt_xent(z0, z1, cfg.train.temperature)
+        loss = simclr_loss(model, v0, v1, device, precision, cfg.train.channels_last, cfg.train.temperature)
         optimizer.zero_grad(set_to_none=True)
+        bad = False
         if every == 1:  # read the loss before the update: a bad step can be skipped
             finite = torch.isfinite(loss.detach()).float()
             if rt.distributed:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips (or stops) together
-            if finite.item() < 1:
-                state.nonfinite_skipped += 1
-                if state.nonfinite_skipped > cfg.train.skip_nonfinite:
-                    raise _nonfinite_error(loss.item(), state, state.global_step + 1, lr, cfg, precision)
-                log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{cfg.train.skip_nonfinite})")
-            else:
-                loss.backward()
-                optimizer.step()
-                tally.add(loss.detach(), state.global_step + 1)
+            bad = finite.item() < 1
+        if bad:
+            state.nonfinite_skipped += 1
+            if state.nonfinite_skipped > cfg.train.skip_nonfinite:
+                raise _nonfinite_error(loss.item(), state, state.global_step + 1, lr, cfg, precision)
+            log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{cfg.train.skip_nonfinite})")
         else:
             loss.backward()
             optimizer.step()
