@@ -1,42 +1,54 @@
 """runtime: process-wide speed settings (CPU memory reuse) do what they say and are applied by pretraining."""
 
 import ctypes.util
-import gc
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from simclr import runtime, train
 from simclr.config import load_config
-from simclr.runtime import reuse_freed_memory
 
 GLIBC = os.path.exists("/proc/self/statm") and (ctypes.util.find_library("c") or "").startswith("libc.so")
 
 
-def _rss_mb() -> float:
+# Run in a fresh interpreter: earlier tests in this process leave freed memory in the heap (pretraining turns reuse
+# on), and a 64 MiB block taken from that free memory would neither grow nor shrink the resident set.
+_PROBE = """
+import gc, json, os, torch
+from simclr.runtime import reuse_freed_memory
+
+def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-
-def _alloc_touch_free() -> tuple[float, float]:
-    """RSS (MiB) with a 64 MiB tensor alive, then after freeing it."""
+def alloc_touch_free():
     x = torch.ones(64 * 2**20 // 4)  # written, so every page is resident
-    alive = _rss_mb()
+    alive = rss_mb()
     del x
     gc.collect()
-    return alive, _rss_mb()
+    return alive, rss_mb()
+
+out = {"on": reuse_freed_memory(True)}
+out["reuse"] = alloc_touch_free()
+out["off"] = reuse_freed_memory(False)
+out["default"] = alloc_touch_free()
+print(json.dumps(out))
+"""
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt (Linux)")
 def test_reuse_freed_memory_keeps_large_blocks_and_restores_glibc_defaults():
-    try:
-        assert reuse_freed_memory(True)
-        alive, freed = _alloc_touch_free()
-        assert freed > alive - 16, (alive, freed)  # kept in the process for the next step
-    finally:
-        assert reuse_freed_memory(False)
-    alive, freed = _alloc_touch_free()
+    r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["on"] and out["off"]
+    alive, freed = out["reuse"]
+    assert freed > alive - 16, (alive, freed)  # kept in the process for the next step
+    alive, freed = out["default"]
     assert freed < alive - 48, (alive, freed)  # glibc's default: a fresh mmap, returned on free
 
 
