@@ -80,7 +80,7 @@ def reuse_freed_memory(enable: bool = True) -> bool:
     PyTorch's CPU tensors come from malloc. glibc serves every block above its mmap threshold (32 MiB at most)
     with a fresh ``mmap`` and unmaps it on ``free``, so each large activation of every step (67 MB for a
     ResNet-18 stage at 512 bf16 views of 32 px) is new memory whose pages the kernel faults in and zeroes on first
-    touch; element-wise operations then run at a fifth of the memory bandwidth. With ``enable``, no block is mmapped
+    touch; element-wise operations then run far below the memory bandwidth. With ``enable``, no block is mmapped
     and the heap is trimmed only when 2 GiB (mallopt's largest value) sit free at its top, so the memory of a step
     is reused by the next: on this project's 2-core Zen 4 the ResNet-18 SimCLR step goes from 52 to 61 source
     images/s, and the resident set stays at its peak (about +400 MB there), as a GPU's caching allocator does
