@@ -16,7 +16,7 @@ GLIBC = os.path.exists("/proc/self/statm") and (ctypes.util.find_library("c") or
 
 
 # Run in a fresh interpreter: earlier tests in this process leave freed memory in the heap (pretraining turns reuse
-# on), and a 64 MiB block taken from that free memory would neither grow nor shrink the resident set.
+# on), and a block taken from that free memory would neither grow nor shrink the resident set.
 _PROBE = """
 import gc, json, os, torch
 from simclr.runtime import reuse_freed_memory
@@ -25,17 +25,18 @@ def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-def alloc_touch_free():
-    x = torch.ones(64 * 2**20 // 4)  # written, so every page is resident
+def alloc_touch_free(mib):
+    x = torch.ones(mib * 2**20 // 4)  # written, so every page is resident
     alive = rss_mb()
     del x
     gc.collect()
     return alive, rss_mb()
 
 out = {"on": reuse_freed_memory(True)}
-out["reuse"] = alloc_touch_free()
+out["reuse"] = alloc_touch_free(64)
 out["off"] = reuse_freed_memory(False)
-out["default"] = alloc_touch_free()
+# larger than the 64 MiB now free in the heap, so it cannot be served from there: glibc must map it afresh
+out["default"] = alloc_touch_free(256)
 print(json.dumps(out))
 """
 
