@@ -13,15 +13,22 @@ reused (ours, ``train.reuse_memory``), it reports:
    backward twice that, minus the input gradient of the first layer, which autograd skips) over the time
    profiled in them;
 3. the ceiling: GFLOP/s of a large matrix product (4096 x 4096 x 4096) in the same precision, the best the CPU's
-   kernels reach on dense work.
+   kernels reach on dense work;
+4. for each distinct convolution of our model (bf16, channels_last, 512 views, freed memory reused): the time and
+   GFLOP/s of its forward, input-gradient and weight-gradient kernels, timed one at a time, with the oneDNN
+   implementation that runs each (oneDNN's verbose log), the same weight gradient computed another way (the input
+   unfolded, then one aten matrix product), and what the step's convolutions would take if every weight gradient
+   ran at the rate of its forward kernel.
 
-Run it on a quiet machine; it takes about 2 minutes on 2 cores.
+Run it on a quiet machine; it takes about 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -65,6 +72,108 @@ def conv_flops(model: nn.Module, views: torch.Tensor) -> tuple[float, float]:
     return sum(fwd), backward
 
 
+def conv_shapes(model: nn.Module, views: torch.Tensor) -> list[dict]:
+    """The distinct convolutions of one forward of ``views``: shapes, how often each occurs, whether autograd
+    computes its input gradient."""
+    seen: dict[tuple, dict] = {}
+
+    def hook(module: nn.Conv2d, inputs, output) -> None:
+        x = inputs[0]
+        key = (tuple(x.shape), tuple(module.weight.shape), module.stride[0], module.padding[0], x.requires_grad)
+        if key in seen:
+            seen[key]["count"] += 1
+        else:
+            seen[key] = {"input": list(x.shape), "weight": list(module.weight.shape), "stride": module.stride[0],
+                         "padding": module.padding[0], "input_grad": x.requires_grad, "count": 1,
+                         "output": list(output.shape)}
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    model(views)
+    for h in handles:
+        h.remove()
+    return list(seen.values())
+
+
+def _best_of(fn, reps: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _onednn_impls(fn) -> list[str]:
+    """The oneDNN convolution implementations ``fn`` runs (from oneDNN's verbose log on file descriptor 1)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                fn()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = [ln.split(",") for ln in log.read().splitlines() if ",exec,cpu,convolution," in ln]
+    return [f"{ln[6]}: {ln[5].split(':')[0]}" for ln in lines if len(ln) > 6]
+
+
+def weight_grad_gemm(g: torch.Tensor, x: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
+    """The weight gradient of a k x k convolution as one matrix product over the unfolded input (channels_last):
+    [Cout, N*Ho*Wo] x [N*Ho*Wo, k*k*Cin], the unfolding included."""
+    n, ci = x.shape[:2]
+    co, ho, wo = g.shape[1:]
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # N, H, W, C view
+    cols = torch.empty(n, ho, wo, k, k, ci, dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            cols[:, :, :, i, j, :] = xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
+    dw = g.permute(0, 2, 3, 1).reshape(-1, co).t() @ cols.view(-1, k * k * ci)
+    return dw.view(co, k, k, ci).permute(0, 3, 1, 2)
+
+
+def _time_conv(c: dict) -> dict:
+    """One convolution's kernels, timed one at a time (bf16, channels_last)."""
+    x = torch.randn(c["input"]).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c["weight"]).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    st, pad = c["stride"], c["padding"]
+    y = torch.nn.functional.conv2d(x, w, stride=st, padding=pad)
+    g = torch.randn_like(y)
+    co, ci, kh, kw = c["weight"]
+    flop = 2.0 * y.numel() * ci * kh * kw
+
+    def forward():
+        return torch.nn.functional.conv2d(x, w, stride=st, padding=pad)
+
+    def back(mask):
+        return torch.ops.aten.convolution_backward(g, x, w, None, [st, st], [pad, pad], [1, 1], False, [0, 0], 1, mask)
+
+    fwd = _best_of(forward)
+    dgrad = _best_of(lambda: back([True, False, False])) if c["input_grad"] else 0.0
+    wgrad = _best_of(lambda: back([False, True, False]))
+    gemm = _best_of(lambda: weight_grad_gemm(g, x, kh, st, pad))
+    impls = _onednn_impls(lambda: (forward(), back([c["input_grad"], True, False])))
+    return {**c, "gflop": flop / 1e9, "forward_ms": fwd * 1e3, "input_grad_ms": dgrad * 1e3,
+            "weight_grad_ms": wgrad * 1e3, "weight_grad_as_gemm_ms": gemm * 1e3,
+            "forward_gflops": flop / fwd / 1e9, "input_grad_gflops": flop / dgrad / 1e9 if dgrad else None,
+            "weight_grad_gflops": flop / wgrad / 1e9, "weight_grad_as_gemm_gflops": flop / gemm / 1e9,
+            "onednn": impls}
+
+
+def conv_kernels(model: nn.Module, views: torch.Tensor) -> dict:
+    """Section 4 of the module docstring: every distinct convolution's kernels, timed one at a time."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shapes = conv_shapes(model, views)
+    rows = [_time_conv(c) for c in shapes]
+    total = sum(r["count"] * (r["forward_ms"] + r["input_grad_ms"] + r["weight_grad_ms"]) for r in rows) / 1e3
+    at_fwd = sum(r["count"] * (2 * r["forward_ms"] + r["input_grad_ms"]) for r in rows) / 1e3
+    return {"convolutions": rows, "step_convolutions_s": total, "step_convolutions_s_if_weight_grad_at_forward_rate": at_fwd}
+
+
 def matmul_ceiling(dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.matmul(a, b)
@@ -74,12 +183,12 @@ def matmul_ceiling(dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
     return 2.0 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def profile_step(precision: str, channels_last: bool, reuse_memory: bool, steps: int = 2) -> dict:
+def profile_step(precision: str, channels_last: bool, reuse_memory: bool, steps: int = 2, kernels: bool = False) -> dict:
     with our_settings(torch.device("cpu"), reuse_memory):
-        return _profile_step(precision, channels_last, steps)
+        return _profile_step(precision, channels_last, steps, kernels)
 
 
-def _profile_step(precision: str, channels_last: bool, steps: int) -> dict:
+def _profile_step(precision: str, channels_last: bool, steps: int, kernels: bool = False) -> dict:
     cfg = load_config("quickstart", {"train.device": "cpu"})
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -109,7 +218,7 @@ def _profile_step(precision: str, channels_last: bool, steps: int) -> dict:
     share = {c: self_us[c] / total for c in [*CATEGORIES, "other"]}
     t_fwd = self_us["conv_forward"] / 1e6 / steps
     t_bwd = self_us["conv_backward"] / 1e6 / steps
-    return {
+    out = {
         "precision": precision,
         "channels_last": channels_last,
         "batch": B,
@@ -121,6 +230,9 @@ def _profile_step(precision: str, channels_last: bool, steps: int) -> dict:
         "conv_forward_gflops": f_fwd / t_fwd / 1e9,
         "conv_backward_gflops": f_bwd / t_bwd / 1e9,
     }
+    if kernels:
+        out["conv_kernels"] = conv_kernels(model, views)
+    return out
 
 
 def main() -> None:
@@ -129,7 +241,7 @@ def main() -> None:
         "machine": machine_info(torch.device("cpu")),
         "command": "python benchmarks/cpu_step_profile.py",
         "matmul_ceiling_gflops": {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)},
-        "ours_bf16_channels_last": profile_step("bf16", True, reuse_memory=True),
+        "ours_bf16_channels_last": profile_step("bf16", True, reuse_memory=True, kernels=True),
         "peers_fp32": profile_step("fp32", False, reuse_memory=False),
     }
     ours, peers = result["ours_bf16_channels_last"], result["peers_fp32"]
@@ -142,6 +254,18 @@ def main() -> None:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in r["share_of_profiled_time"].items())
         print(f"{name:<24} {r['source_images_per_s']:6.1f} src img/s; conv forward {r['conv_forward_gflops']:.0f} GFLOP/s, "
               f"backward {r['conv_backward_gflops']:.0f} GFLOP/s; time: {shares}")
+    k = ours["conv_kernels"]
+    print("our convolutions, one kernel at a time (ms, GFLOP/s): shape x count | forward | input grad | weight grad |"
+          " weight grad as unfold + GEMM | oneDNN kernels")
+    for c in k["convolutions"]:
+        co, ci, kh, _ = c["weight"]
+        name = f"{ci}->{co} {kh}x{kh}/{c['stride']} @{c['input'][2]}px x{c['count']}"
+        dg = f"{c['input_grad_ms']:5.0f} {c['input_grad_gflops']:4.0f}" if c["input_grad_gflops"] else "    -    -"
+        impl = ", ".join(c["onednn"])
+        print(f"  {name:<24} | {c['forward_ms']:5.0f} {c['forward_gflops']:4.0f} | {dg} | {c['weight_grad_ms']:5.0f} "
+              f"{c['weight_grad_gflops']:4.0f} | {c['weight_grad_as_gemm_ms']:5.0f} {c['weight_grad_as_gemm_gflops']:4.0f} | {impl}")
+    print(f"  convolutions of one step: {k['step_convolutions_s']:.2f} s; with weight gradients at the forward rate: "
+          f"{k['step_convolutions_s_if_weight_grad_at_forward_rate']:.2f} s")
     print(f"step ratio {result['step_ratio']:.2f}x -> {out}")
 
 
