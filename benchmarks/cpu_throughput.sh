@@ -3,15 +3,15 @@
 #
 #   bash benchmarks/cpu_throughput.sh [OUT_DIR]        (default: benchmarks/results)
 #
-# 1. cpu_bench.json: augmentation (8,192 source images, two views each), training steps (2 warm-up + 5 timed) and a
-#    short epoch (1,024 images through the real training loop), ours (device-resident uint8 + batched augmentation +
-#    bf16 autocast + channels_last + fused SGD) vs torchvision per-image transforms in a DataLoader with 2 workers
-#    feeding the fp32 eager model. About 4 minutes on 2 cores.
+# 1. cpu_bench.json: augmentation (8,192 source images, two views each), training steps (3 rounds, ours then the
+#    peers, each 2 warm-up + 5 timed steps) and a short epoch (1,024 images through the real training loop), ours
+#    (device-resident uint8 + batched augmentation + bf16 autocast + channels_last + fused SGD) vs torchvision
+#    per-image transforms in a DataLoader with 2 workers feeding the fp32 eager model. About 9 minutes on 2 cores.
 # 2. cpu_ablation.json: model-only steps, one setting changed at a time (fp32 / bf16, contiguous / channels_last,
 #    foreach / fused SGD, torch.compile). About 3 minutes, a minute of it compiling.
 # 3. cpu_stream.json (when the CIFAR-10 image folder is at $CIFAR10, default ../shared/data/cifar10): an epoch of
-#    1,024 images through the streaming path (data.stream: 2 DataLoader workers decode and crop the JPEG files each
-#    step) beside the in-memory path. About 1 minute.
+#    4,096 images through the streaming path (data.stream: 2 DataLoader workers decode and crop the JPEG files each
+#    step) beside the in-memory path. About 3 minutes.
 # The numbers are only meaningful on a quiet machine: machine.txt records lscpu and the load before and after.
 set -eu
 cd "$(dirname "$0")/.."
@@ -23,14 +23,14 @@ mkdir -p "$OUT_DIR"
   echo "before: $(uptime)"
   lscpu | grep -E '^(Model name|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|L3 cache)'
 } >"$OUT_DIR/cpu_machine.txt"
-"$SIMCLR" bench --config quickstart --device cpu --batch-size 256 --steps 5 --warmup 2 --aug-images 8192 \
+"$SIMCLR" bench --config quickstart --device cpu --batch-size 256 --steps 5 --rounds 3 --warmup 2 --aug-images 8192 \
   --epoch-images 1024 --workers 2 --parts augment,step,epoch --json --output "$OUT_DIR/cpu_bench.json" >/dev/null
 "$SIMCLR" bench --config quickstart --device cpu --batch-size 256 --steps 3 --warmup 1 --parts ablation --compile \
   --no-baseline --json --output "$OUT_DIR/cpu_ablation.json" >/dev/null
 CIFAR10=${CIFAR10:-../shared/data/cifar10}
 if [ -d "$CIFAR10/train" ]; then  # the streaming path (data.stream) on real JPEG files, beside the in-memory path
   "$SIMCLR" bench --config quickstart --device cpu --batch-size 256 --data "$CIFAR10" --stream --parts epoch \
-    --epoch-images 1024 --workers 2 --no-baseline --json --output "$OUT_DIR/cpu_stream.json" >/dev/null
+    --epoch-images 4096 --workers 2 --no-baseline --json --output "$OUT_DIR/cpu_stream.json" >/dev/null
 fi
 echo "after: $(uptime)" >>"$OUT_DIR/cpu_machine.txt"
 "${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}" - "$OUT_DIR" <<'PY'

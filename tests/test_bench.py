@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import make_image_folder
 
 from simclr.bench import format_table
@@ -45,3 +46,27 @@ def test_bench_stream_and_ablation_parts(capsys, tmp_path):
 def test_bench_rejects_unknown_part(capsys):
     assert main(["bench", *TINY, "--parts", "augment,warp"]) == 2
     assert "warp" in capsys.readouterr().err
+
+
+def test_bench_step_rounds_alternate_and_merge(capsys):
+    """--rounds 2: two rounds of ours then the peers; the figure is the total over both, each round kept."""
+    assert main(["bench", "--json", *TINY, "--parts", "step", "--rounds", "2"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert out.err.count("step     round") == 2
+    step = result["step"]
+    for name in ("ours", "baseline"):
+        m = step[name]
+        assert m["steps"] == 2 and m["images"] == 16  # 1 timed step of batch 8 per round
+        assert len(m["images_per_s_per_round"]) == 2
+        assert abs(m["images_per_s"] - m["images"] / m["seconds"]) < 1e-3 * m["images_per_s"] + 1e-3
+    assert len(step["speedup_per_round"]) == 2
+    assert abs(step["speedup"] - step["ours"]["images_per_s"] / step["baseline"]["images_per_s"]) < 1e-3 * step["speedup"]
+    assert result["settings"]["rounds"] == 2
+    assert "in each round" in format_table(result)
+
+
+@pytest.mark.parametrize("flag", [["--rounds", "0"], ["--steps", "0"], ["--warmup", "-1"]])
+def test_bench_rejects_counts_below_their_minimum(capsys, flag):
+    assert main(["bench", *TINY, "--parts", "step", *flag]) == 2
+    assert flag[0] in capsys.readouterr().err

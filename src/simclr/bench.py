@@ -53,6 +53,7 @@ class BenchOptions:
     """What to measure; the model, batch, precision, device and augmentation come from the :class:`Config`."""
 
     steps: int = 3  # timed training steps (after the warm-up)
+    rounds: int = 1  # the step comparison this many times, ours and the peers alternating (see bench_step_rounds)
     warmup: int = 1  # untimed steps (or augmentation batches) first
     aug_images: int = 4096  # source images through each augmentation pipeline
     epoch_images: int | None = None  # images in the timed epoch; default 2 batches on CPU, 50,000 elsewhere
@@ -417,6 +418,43 @@ def bench_step(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.devi
     return out
 
 
+def bench_step_rounds(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, precision: str,
+                      log=print) -> dict:
+    """:func:`bench_step` ``opts.rounds`` times (ours, the peers, ours, the peers, ...), merged.
+
+    On a machine shared with other jobs the load drifts within minutes; alternating puts both pipelines under the
+    same conditions. Each round builds and warms its pipelines afresh. The merged throughput is all timed images
+    over all timed seconds, the peak memory the largest of the rounds, and ``*_per_round`` keeps every round's
+    figure so the spread is visible.
+    """
+    runs = []
+    for r in range(opts.rounds):
+        if opts.rounds > 1:
+            log(f"step     round {r + 1} of {opts.rounds}")
+        runs.append(bench_step(pool, cfg, opts, device, precision, log))
+    if len(runs) == 1:
+        return runs[0]
+    out: dict = {}
+    for name, first in runs[0].items():
+        if isinstance(first, Measurement):
+            ms = [run[name] for run in runs if isinstance(run.get(name), Measurement)]
+            peaks = [m.peak_memory_mb for m in ms if m.peak_memory_mb is not None]
+            out[name] = _measure(sum(m.images for m in ms), sum(m.steps for m in ms), sum(m.seconds for m in ms),
+                                 max(peaks) if peaks else None, first.memory_method, **first.extra,
+                                 images_per_s_per_round=[m.images_per_s for m in ms])
+        elif not name.startswith("speedup"):
+            out[name] = first  # e.g. the error of a variant that failed
+    for name in [k for k in runs[0] if k.startswith("speedup")]:
+        variant = "ours" if name == "speedup" else name.removeprefix("speedup_")
+        if isinstance(out.get(variant), Measurement) and isinstance(out.get("baseline"), Measurement):
+            out[name] = out[variant].images_per_s / out["baseline"].images_per_s
+            out[f"{name}_per_round"] = [run[name] for run in runs if name in run]
+    if "speedup" in out:
+        per = out["speedup_per_round"]
+        log(f"step     ours x{out['speedup']:.2f} over {len(runs)} rounds (rounds: {', '.join(f'x{x:.2f}' for x in per)})")
+    return out
+
+
 def bench_epoch(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, precision: str,
                 paths: list[str] | None = None, log=print) -> dict:
     """One epoch over ``epoch_images`` images through the real training loop (``train.train_one_epoch``)."""
@@ -568,6 +606,9 @@ def run_bench(cfg: Config, opts: BenchOptions, log=print, on_part: Callable[[dic
     unknown = set(opts.parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown benchmark parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    for name, least in (("steps", 1), ("rounds", 1), ("warmup", 0)):
+        if getattr(opts, name) < least:
+            raise ValueError(f"--{name} must be at least {least}, got {getattr(opts, name)}")
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
@@ -585,6 +626,7 @@ def run_bench(cfg: Config, opts: BenchOptions, log=print, on_part: Callable[[dic
             "optimizer": cfg.optim.name,
             "compile": opts.compile,
             "steps": opts.steps,
+            "rounds": opts.rounds,
             "warmup": opts.warmup,
             "workers": opts.workers,
             "data": source,
@@ -595,7 +637,7 @@ def run_bench(cfg: Config, opts: BenchOptions, log=print, on_part: Callable[[dic
         if part == "augment":
             result[part] = bench_augment(pool, cfg, opts, device, log)
         elif part == "step":
-            result[part] = bench_step(pool, cfg, opts, device, precision, log)
+            result[part] = bench_step_rounds(pool, cfg, opts, device, precision, log)
         elif part == "epoch":
             result[part] = bench_epoch(pool, cfg, opts, device, precision, paths, log)
         elif part == "ablation":
@@ -642,4 +684,7 @@ def format_table(result: dict) -> str:
             ms = f"{v['step_ms']:,.0f}" if v.get("step_ms") is not None else ""
             mem = f"{v['peak_memory_mb']:,.0f}" if v.get("peak_memory_mb") is not None else ""
             lines.append(f"{part:<9}{name:<50}{v['images_per_s']:>12,.1f}{ms:>10}{mem:>10}{ratio:>13}")
+        if r.get("speedup_per_round"):
+            lines.append(f"{part:<9}{'ours vs baseline in each round':<50}{'':>32}"
+                         + ", ".join(f"x{x:.2f}" for x in r["speedup_per_round"]))
     return "\n".join(lines)

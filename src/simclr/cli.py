@@ -125,7 +125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         over["train.batch_size"] = 256  # the CPU comparison of benchmarks/RESULTS.md; GPUs: pass --batch-size 512
     cfg = load_config(args.config, over)
     parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
-    opts = BenchOptions(steps=args.steps, warmup=args.warmup, aug_images=args.aug_images, epoch_images=args.epoch_images,
+    opts = BenchOptions(steps=args.steps, rounds=args.rounds, warmup=args.warmup, aug_images=args.aug_images, epoch_images=args.epoch_images,
                         workers=args.workers, compile=bool(args.compile), parts=parts, baseline=not args.no_baseline,
                         stream=args.stream, real_data=args.data is not None)
     log = (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True)) if args.json else print
@@ -277,6 +277,8 @@ def make_parser() -> argparse.ArgumentParser:
                        "Random uint8 images unless --data is given.", epilog=EXIT_CODES_HELP, formatter_class=_Formatter)
     _common(p)
     p.add_argument("--steps", type=int, default=3, help="timed training steps per pipeline")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the step comparison this many times, ours and the "
+                   "peers alternating; report the totals and each round's ratio (for machines shared with other jobs)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps first")
     p.add_argument("--aug-images", type=int, default=4096, help="source images through each augmentation pipeline")
     p.add_argument("--epoch-images", type=int, help="images in the timed epoch (default: 2 batches on CPU, 50,000 on a GPU)")
