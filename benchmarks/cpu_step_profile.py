@@ -5,7 +5,7 @@
 Backs the explanation in RESULTS.md of why bf16 + channels_last stays near 2.5-2.9x fp32 here. For the quickstart
 model (ResNet-18, CIFAR stem, batch 256 = 512 views, the projection head and NT-Xent), in fp32 contiguous with
 glibc's default allocator (the peers' default) and in bf16 autocast + channels_last + fused SGD with freed memory
-reused (ours, ``train.reuse_memory``), it reports:
+reused (ours, ``train.reuse_memory``), each in a fresh process, it reports:
 
 1. the share of the step in convolutions (forward, backward), BatchNorm, ReLU and everything else
    (``torch.profiler``, self CPU time over the timed steps);
@@ -40,7 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from simclr.bench import _views_step, machine_info, our_settings  # noqa: E402
+from simclr.bench import _views_step, machine_info, our_settings, run_pipeline  # noqa: E402
 from simclr.config import load_config  # noqa: E402
 from simclr.models import build_model  # noqa: E402
 from simclr.optim import build_optimizer  # noqa: E402
@@ -119,7 +119,8 @@ def _onednn_impls(fn) -> list[str]:
             os.close(saved)
         log.seek(0)
         lines = [ln.split(",") for ln in log.read().splitlines() if ",exec,cpu,convolution," in ln]
-    return [f"{ln[6]}: {ln[5].split(':')[0]}" for ln in lines if len(ln) > 6]
+    # ...,exec,cpu,convolution,<implementation>:<isa>,<propagation kind>,...
+    return [f"{ln[i + 2]}: {ln[i + 1].split(':')[0]}" for ln in lines for i in [ln.index("convolution")] if len(ln) > i + 2]
 
 
 def weight_grad_gemm(g: torch.Tensor, x: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
@@ -241,8 +242,9 @@ def main() -> None:
         "machine": machine_info(torch.device("cpu")),
         "command": "python benchmarks/cpu_step_profile.py",
         "matmul_ceiling_gflops": {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)},
-        "ours_bf16_channels_last": profile_step("bf16", True, reuse_memory=True, kernels=True),
-        "peers_fp32": profile_step("fp32", False, reuse_memory=False),
+        # each in a fresh process, as simclr bench does on the CPU (the heap one leaves changes the other's speed)
+        "ours_bf16_channels_last": run_pipeline(profile_step, "bf16", True, True, 2, True),
+        "peers_fp32": run_pipeline(profile_step, "fp32", False, False),
     }
     ours, peers = result["ours_bf16_channels_last"], result["peers_fp32"]
     result["step_ratio"] = ours["source_images_per_s"] / peers["source_images_per_s"]

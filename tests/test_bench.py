@@ -1,11 +1,12 @@
 """`simclr bench` runs end to end on a tiny configuration and reports what benchmarks/ relies on (no timing claims)."""
 
 import json
+import os
 
 import pytest
 from conftest import make_image_folder
 
-from simclr.bench import format_table
+from simclr.bench import PipelineError, format_table, run_pipeline
 from simclr.cli import main
 
 TINY = ["--device", "cpu", "--batch-size", "8", "--image-size", "16", "--steps", "1", "--warmup", "1",
@@ -30,17 +31,23 @@ def test_bench_json_has_every_part(capsys, tmp_path):
             assert m["images_per_s"] > 0 and m["images"] > 0
     assert result["step"]["ours"]["peak_memory_mb"] is not None
     assert result["epoch"]["ours"]["images"] == 16
+    # every pipeline ran in a fresh process of its own, none in this one
+    pids = [result[part][name]["pid"] for part in ("augment", "step", "epoch") for name in ("ours", "baseline")]
+    assert len(set(pids)) == 6 and os.getpid() not in pids
+    assert result["settings"]["fresh_process_per_pipeline"] is True
     assert "augment" in format_table(result)
 
 
 def test_bench_stream_and_ablation_parts(capsys, tmp_path):
     folder = make_image_folder(tmp_path / "data", n_per_class=8)
-    args = ["bench", "--json", *TINY, "--data", str(folder), "--stream", "--parts", "epoch,ablation", "--no-baseline"]
+    args = ["bench", "--json", *TINY, "--data", str(folder), "--stream", "--parts", "epoch,ablation", "--no-baseline",
+            "--in-process"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"ours", "stream"} <= set(result["epoch"]) and "baseline" not in result["epoch"]
     assert {"fp32", "bf16+channels_last"} <= set(result["ablation"])
     assert result["settings"]["data"] == str(folder)
+    assert result["epoch"]["stream"]["pid"] == os.getpid()  # --in-process
 
 
 def test_bench_rejects_unknown_part(capsys):
@@ -50,7 +57,7 @@ def test_bench_rejects_unknown_part(capsys):
 
 def test_bench_step_rounds_alternate_and_merge(capsys):
     """--rounds 2: two rounds of ours then the peers; the figure is the total over both, each round kept."""
-    assert main(["bench", "--json", *TINY, "--parts", "step", "--rounds", "2"]) == 0
+    assert main(["bench", "--json", *TINY, "--parts", "step", "--rounds", "2", "--in-process"]) == 0
     out = capsys.readouterr()
     result = json.loads(out.out)
     assert out.err.count("step     round") == 2
@@ -70,3 +77,12 @@ def test_bench_step_rounds_alternate_and_merge(capsys):
 def test_bench_rejects_counts_below_their_minimum(capsys, flag):
     assert main(["bench", *TINY, "--parts", "step", *flag]) == 2
     assert flag[0] in capsys.readouterr().err
+
+
+def _fails():
+    raise ValueError("no such thing")
+
+
+def test_a_failing_pipeline_names_its_error():
+    with pytest.raises(PipelineError, match="ValueError: no such thing"):
+        run_pipeline(_fails)

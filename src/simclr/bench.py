@@ -8,6 +8,9 @@ The peers' default (dkobak/simclr-cifar10, the PyTorch Lightning / UvA tutorial,
 torchvision per-image transform on PIL images in a DataLoader with worker processes, and the same model in fp32,
 eager, contiguous format, with ``torch.optim.SGD`` as constructed by default, under torch's and glibc's defaults.
 
+On the CPU every pipeline is timed in a fresh process of its own (:func:`run_pipeline`), as a user's run would
+be: in a shared process the heap an earlier pipeline left behind changes the speed of the next.
+
 Every throughput counts SOURCE images per second: one source image is two views through the encoder. Step
 timings exclude warm-up steps and wait for the device before the clock stops; epoch timings include everything an
 epoch pays (worker start-up, the per-step loss read-out of the real training loop).
@@ -32,7 +35,7 @@ import re
 import resource
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -54,6 +57,7 @@ class BenchOptions:
 
     steps: int = 3  # timed training steps (after the warm-up)
     rounds: int = 1  # the step comparison this many times, ours and the peers alternating (see bench_step_rounds)
+    isolate: bool | None = None  # each pipeline in a fresh process; None: on the CPU only (see run_pipeline)
     warmup: int = 1  # untimed steps (or augmentation batches) first
     aug_images: int = 4096  # source images through each augmentation pipeline
     epoch_images: int | None = None  # images in the timed epoch; default 2 batches on CPU, 50,000 elsewhere
@@ -323,11 +327,61 @@ class _Rows:
         return self.perm[j * self.batch : (j + 1) * self.batch]
 
 
-# ----------------------------------------------------------------------------------------------- the parts
+# ----------------------------------------------------------------------------------------------- fresh processes
 
 
-def bench_augment(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, log=print) -> dict:
-    """Two views per source image: batched on the device (ours) vs torchvision per-image in a DataLoader."""
+class PipelineError(RuntimeError):
+    """A pipeline failed in its own process (the message carries the child's exception)."""
+
+
+def _child_main(conn, fn: Callable, args: tuple) -> None:
+    try:
+        conn.send(("ok", fn(*args)))
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent, which decides
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def run_pipeline(fn: Callable, *args, isolate: bool = True):
+    """``fn(*args)``, in a fresh process unless ``isolate`` is False.
+
+    A pipeline's speed depends on what ran before it in the same process: glibc serves large blocks from whatever
+    free heap an earlier pipeline left, so the peers' fp32 step measured after ours ran about 7 % faster than in a
+    fresh process (11.6 vs 12.5 s here), which is not how anyone trains. Each pipeline therefore runs in a process
+    of its own (``spawn``: nothing inherited but the arguments), as a user's training run would. ``fn`` must be a
+    module-level function; its result comes back pickled. :func:`run_bench` does this on the CPU; on a GPU the
+    pipelines share the process, because CUDA's caching allocator holds the same blocks after the warm-up whatever
+    ran before, and a fresh CUDA context per pipeline would cost seconds each.
+    """
+    if not isolate:
+        return fn(*args)
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(child, fn, args), daemon=False)  # DataLoader workers need children
+    proc.start()
+    child.close()
+    try:
+        status, value = parent.recv()
+    except EOFError:
+        proc.join()
+        raise PipelineError(f"the benchmark process of {fn.__name__} died (exit code {proc.exitcode}); "
+                            "out of memory? try a smaller --batch-size") from None
+    finally:
+        parent.close()
+    proc.join()
+    if status == "error":
+        raise PipelineError(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- the pipelines
+# Each returns a Measurement; run_pipeline runs it in a process of its own.
+
+
+def _augment_ours(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device) -> Measurement:
     B, size = cfg.train.batch_size, cfg.model.image_size
     n_batches = max(1, min(opts.aug_images, len(pool)) // B)
     base = _rss_base()
@@ -341,80 +395,185 @@ def bench_augment(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.d
 
     with our_settings(device, cfg.train.reuse_memory):
         sec, peak, method = _timed(device, opts.warmup, n_batches, ours, base)
-    out = {"ours": _measure(n_batches * B, n_batches, sec, peak, method)}
+    return _measure(n_batches * B, n_batches, sec, peak, method, pid=os.getpid())
+
+
+def _augment_peers(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device) -> Measurement:
+    B, size = cfg.train.batch_size, cfg.model.image_size
+    n_batches = max(1, min(opts.aug_images, len(pool)) // B)
+    base = _rss_base()
+    loader = peer_loader(pool[: (n_batches + opts.warmup) * B], cfg.augment, size, B, opts.workers, device)
+    it = _cycle(lambda: iter(loader))
+
+    def peers(i: int) -> None:
+        v0, v1 = next(it)
+        v0.to(device, non_blocking=True), v1.to(device, non_blocking=True)
+
+    sec, peak, method = _timed(device, opts.warmup, n_batches, peers, base)
+    return _measure(n_batches * B, n_batches, sec, peak, method, workers=opts.workers, pid=os.getpid())
+
+
+def _step_ours(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, precision: str,
+               compiled: bool) -> Measurement:
+    B, size, seed, temp = cfg.train.batch_size, cfg.model.image_size, cfg.train.seed, cfg.train.temperature
+    base = _rss_base()
+    images = pool.to(device)
+    rows = _Rows(len(images), B, device)
+    model, optimizer = _our_model(cfg, device, compiled)
+    model.train()
+
+    def ours(i: int) -> None:
+        with torch.no_grad():
+            v0, v1 = augment.simclr_views(images[rows(i)], cfg.augment, size, seed, 0, i)
+        _views_step(model, optimizer, v0, v1, device, precision, cfg.train.channels_last, temp)
+
+    warm = opts.warmup + (2 if compiled else 0)  # compilation happens in the first calls
+    with our_settings(device, cfg.train.reuse_memory):
+        sec, peak, method = _timed(device, warm, opts.steps, ours, base)
+    return _measure(opts.steps * B, opts.steps, sec, peak, method, precision=precision,
+                    channels_last=cfg.train.channels_last, optimizer=optimizer_name(optimizer), compiled=compiled,
+                    reuse_memory=cfg.train.reuse_memory and device.type == "cpu", pid=os.getpid())
+
+
+def _step_peers(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device) -> Measurement:
+    B, size, temp = cfg.train.batch_size, cfg.model.image_size, cfg.train.temperature
+    base = _rss_base()
+    model, optimizer = _peer_model(cfg, device)
+    model.train()
+    loader = peer_loader(pool, cfg.augment, size, B, opts.workers, device)
+    it = _cycle(lambda: iter(loader))
+
+    def peers(i: int) -> None:
+        v0, v1 = next(it)
+        v0, v1 = v0.to(device, non_blocking=True), v1.to(device, non_blocking=True)
+        _views_step(model, optimizer, v0, v1, device, "fp32", False, temp)
+
+    sec, peak, method = _timed(device, opts.warmup, opts.steps, peers, base)
+    return _measure(opts.steps * B, opts.steps, sec, peak, method, precision="fp32", channels_last=False,
+                    optimizer="SGD default", workers=opts.workers, pid=os.getpid())
+
+
+def _epoch_ours(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, precision: str,
+                paths: list[str] | None) -> Measurement:
+    """An epoch through ``train.train_one_epoch``: device-resident batches, or streamed from ``paths``."""
+    from .optim import Schedule
+    from .runtime import Dist
+    from .train import TrainState, device_batches, train_one_epoch
+
+    B = cfg.train.batch_size
+    n = _epoch_images(opts, device, len(pool), B)
+    steps = n // B
+    ecfg = copy.deepcopy(cfg)
+    ecfg.train.progress, ecfg.train.checkpoint_every, ecfg.train.epochs = False, 0, 1
+    ecfg.data.workers = opts.workers
+    rt = Dist(device=device)
+    quiet = lambda *a, **k: None  # noqa: E731
+    images = pool[:n].to(device) if paths is None else None
+    with our_settings(device, cfg.train.reuse_memory):
+        base = _rss_base()
+        model, optimizer = _our_model(ecfg, device, opts.compile)
+        schedule = Schedule(optimizer, ecfg.optim, B, steps, 1)
+        if opts.warmup:  # untimed warm-up steps on other batches
+            warm = device_batches(pool[: (opts.warmup + 1) * B].to(device), ecfg, 1, 0, rt)
+            train_one_epoch(model, optimizer, schedule, warm, opts.warmup, ecfg, TrainState(), rt, precision, log=quiet)
+        if paths is None:
+            batches = device_batches(images, ecfg, 0, 0, rt)
+        else:
+            from .stream import stream_batches
+
+            batches = stream_batches(paths[:n], ecfg, 0, 0, rt, size=pool.shape[-1])
+        synchronize(device)
+        mem = PeakMemory(device)
+        mem.start(base)
+        t0 = time.perf_counter()
+        state = TrainState()
+        train_one_epoch(model, optimizer, schedule, batches, steps, ecfg, state, rt, precision, log=quiet)
+        synchronize(device)
+        sec = time.perf_counter() - t0
+    return _measure(steps * B, steps, sec, mem.stop(), mem.method,
+                    loss=state.epoch_loss_sum / max(state.epoch_loss_steps, 1), pid=os.getpid())
+
+
+def _epoch_peers(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device) -> Measurement:
+    B, size, temp = cfg.train.batch_size, cfg.model.image_size, cfg.train.temperature
+    n = _epoch_images(opts, device, len(pool), B)
+    steps = n // B
+    base = _rss_base()
+    model, optimizer = _peer_model(cfg, device)
+    model.train()
+    warm = peer_loader(pool[: max(1, opts.warmup) * B], cfg.augment, size, B, 0, device)
+    for v0, v1 in warm:
+        _views_step(model, optimizer, v0.to(device), v1.to(device), device, "fp32", False, temp)
+    synchronize(device)
+    mem = PeakMemory(device)
+    mem.start(base)
+    t0 = time.perf_counter()
+    total = 0.0
+    for v0, v1 in peer_loader(pool[:n], cfg.augment, size, B, opts.workers, device):  # a new loader per epoch
+        v0, v1 = v0.to(device, non_blocking=True), v1.to(device, non_blocking=True)
+        total += _views_step(model, optimizer, v0, v1, device, "fp32", False, temp).item()
+    synchronize(device)
+    sec = time.perf_counter() - t0
+    return _measure(steps * B, steps, sec, mem.stop(), mem.method, loss=total / max(steps, 1), workers=opts.workers,
+                    pid=os.getpid())
+
+
+def _ablation_variant(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, variant: tuple) -> Measurement:
+    name, cl, impl, compiled, cudnn_bench, reuse = variant
+    B, size, seed, temp = cfg.train.batch_size, cfg.model.image_size, cfg.train.seed, cfg.train.temperature
+    precision = "bf16" if name.startswith("bf16") else "fp32"
+    with torch.no_grad():
+        v0, v1 = augment.simclr_views(pool[:B].to(device), cfg.augment, size, seed, 0, 0)
+    base = _rss_base()
+    model = build_model(cfg.model).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg.optim, model, B, impl=impl)
+    net = torch.compile(model) if compiled else model
+    warm = opts.warmup + (2 if compiled or cudnn_bench else 0)  # compilation / autotuning in the first calls
+    with our_settings(device, reuse, cudnn_bench):
+        sec, peak, method = _timed(device, warm, opts.steps,
+                                   lambda i: _views_step(net, opt, v0, v1, device, precision, cl, temp), base)
+    return _measure(opts.steps * B, opts.steps, sec, peak, method, pid=os.getpid())
+
+
+# ----------------------------------------------------------------------------------------------- the parts
+
+
+def bench_augment(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, log=print) -> dict:
+    """Two views per source image: batched on the device (ours) vs torchvision per-image in a DataLoader."""
+    out = {"ours": run_pipeline(_augment_ours, pool, cfg, opts, device, isolate=opts.isolate)}
     log(f"augment  ours      {out['ours'].images_per_s:10,.0f} img/s")
     if opts.baseline:
-        base = _rss_base()
-        loader = peer_loader(pool[: (n_batches + opts.warmup) * B], cfg.augment, size, B, opts.workers, device)
-        it = _cycle(lambda: iter(loader))
-
-        def peers(i: int) -> None:
-            v0, v1 = next(it)
-            v0.to(device, non_blocking=True), v1.to(device, non_blocking=True)
-
-        sec, peak, method = _timed(device, opts.warmup, n_batches, peers, base)
-        out["baseline"] = _measure(n_batches * B, n_batches, sec, peak, method, workers=opts.workers)
+        out["baseline"] = run_pipeline(_augment_peers, pool, cfg, opts, device, isolate=opts.isolate)
         out["speedup"] = out["ours"].images_per_s / out["baseline"].images_per_s
         log(f"augment  baseline  {out['baseline'].images_per_s:10,.0f} img/s   ours x{out['speedup']:.2f}")
-        del it, loader
     return out
 
 
 def bench_step(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, precision: str, log=print) -> dict:
     """Training steps, data included: ours (device batches + bf16 + channels_last + fused SGD) vs the peers."""
-    B, size, seed, temp = cfg.train.batch_size, cfg.model.image_size, cfg.train.seed, cfg.train.temperature
-    images = pool.to(device)
-    rows = _Rows(len(images), B, device)
     out: dict = {}
     variants = [("ours", False)] + ([("ours_compiled", True)] if opts.compile else [])
     for name, compiled in variants:
-        base = _rss_base()
-        model, optimizer = _our_model(cfg, device, compiled)
-        model.train()
-
-        def ours(i: int, model=model, optimizer=optimizer) -> None:
-            with torch.no_grad():
-                v0, v1 = augment.simclr_views(images[rows(i)], cfg.augment, size, seed, 0, i)
-            _views_step(model, optimizer, v0, v1, device, precision, cfg.train.channels_last, temp)
-
-        warm = opts.warmup + (2 if compiled else 0)  # compilation happens in the first calls
         try:
-            with our_settings(device, cfg.train.reuse_memory):
-                sec, peak, method = _timed(device, warm, opts.steps, ours, base)
+            out[name] = run_pipeline(_step_ours, pool, cfg, opts, device, precision, compiled, isolate=opts.isolate)
         except Exception as e:  # torch.compile needs a working compiler toolchain; report, do not abort the run
             if not compiled:
                 raise
             out[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
             log(f"step     {name}: failed ({out[name]['error'][:200]})")
             continue
-        out[name] = _measure(opts.steps * B, opts.steps, sec, peak, method, precision=precision,
-                             channels_last=cfg.train.channels_last, optimizer=optimizer_name(optimizer), compiled=compiled,
-                             reuse_memory=cfg.train.reuse_memory and device.type == "cpu")
         log(f"step     {name:<9} {out[name].images_per_s:10,.1f} img/s  {out[name].step_ms:9,.0f} ms/step"
             f"  peak {out[name].peak_memory_mb or 0:,.0f} MB")
-        del model, optimizer
     if opts.baseline:
-        base = _rss_base()
-        model, optimizer = _peer_model(cfg, device)
-        model.train()
-        loader = peer_loader(pool, cfg.augment, size, B, opts.workers, device)
-        it = _cycle(lambda: iter(loader))
-
-        def peers(i: int) -> None:
-            v0, v1 = next(it)
-            v0, v1 = v0.to(device, non_blocking=True), v1.to(device, non_blocking=True)
-            _views_step(model, optimizer, v0, v1, device, "fp32", False, temp)
-
-        sec, peak, method = _timed(device, opts.warmup, opts.steps, peers, base)
-        out["baseline"] = _measure(opts.steps * B, opts.steps, sec, peak, method, precision="fp32", channels_last=False,
-                                   optimizer="SGD default", workers=opts.workers)
+        out["baseline"] = run_pipeline(_step_peers, pool, cfg, opts, device, isolate=opts.isolate)
         log(f"step     baseline  {out['baseline'].images_per_s:10,.1f} img/s  {out['baseline'].step_ms:9,.0f} ms/step"
             f"  peak {out['baseline'].peak_memory_mb or 0:,.0f} MB")
         for name, _ in variants:
             if isinstance(out[name], Measurement):
                 out[f"speedup_{name}" if name != "ours" else "speedup"] = out[name].images_per_s / out["baseline"].images_per_s
         log(f"step     ours x{out['speedup']:.2f}")
-        del it, loader
     return out
 
 
@@ -458,77 +617,23 @@ def bench_step_rounds(pool: Tensor, cfg: Config, opts: BenchOptions, device: tor
 def bench_epoch(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, precision: str,
                 paths: list[str] | None = None, log=print) -> dict:
     """One epoch over ``epoch_images`` images through the real training loop (``train.train_one_epoch``)."""
-    from .runtime import Dist
-    from .train import TrainState, device_batches, train_one_epoch
-
-    B, size, temp = cfg.train.batch_size, cfg.model.image_size, cfg.train.temperature
+    B = cfg.train.batch_size
     n = _epoch_images(opts, device, len(pool), B)
-    steps = n // B
-    ecfg = copy.deepcopy(cfg)
-    ecfg.train.progress, ecfg.train.checkpoint_every, ecfg.train.epochs = False, 0, 1
-    rt = Dist(device=device)
     out: dict = {}
-
-    def ours(name: str, batches_for_epoch: Callable[[], Iterator]) -> None:
-        with our_settings(device, cfg.train.reuse_memory):
-            run_ours(name, batches_for_epoch)
-
-    def run_ours(name: str, batches_for_epoch: Callable[[], Iterator]) -> None:
-        from .optim import Schedule
-
-        base = _rss_base()
-        model, optimizer = _our_model(ecfg, device, opts.compile)
-        schedule = Schedule(optimizer, ecfg.optim, B, steps, 1)
-        if opts.warmup:  # untimed warm-up steps on other batches
-            warm = device_batches(pool[: (opts.warmup + 1) * B].to(device), ecfg, 1, 0, rt)
-            train_one_epoch(model, optimizer, schedule, warm, opts.warmup, ecfg, TrainState(), rt, precision, log=log)
-        synchronize(device)
-        mem = PeakMemory(device)
-        mem.start(base)
-        t0 = time.perf_counter()
-        state = TrainState()
-        train_one_epoch(model, optimizer, schedule, batches_for_epoch(), steps, ecfg, state, rt, precision, log=log)
-        synchronize(device)
-        sec = time.perf_counter() - t0
-        out[name] = _measure(steps * B, steps, sec, mem.stop(), mem.method, loss=state.epoch_loss_sum / max(state.epoch_loss_steps, 1))
-        log(f"epoch    {name:<9} {out[name].images_per_s:10,.1f} img/s  {sec:9,.1f} s/epoch of {steps * B} images")
-
-    images = pool[:n].to(device)
-    ours("ours", lambda: device_batches(images, ecfg, 0, 0, rt))
-    if opts.stream and paths is not None:
-        from .stream import stream_batches
-
-        scfg = copy.deepcopy(ecfg)
-        scfg.data.workers = opts.workers
-        ours("stream", lambda: stream_batches(paths[:n], scfg, 0, 0, rt, size=pool.shape[-1]))
+    runs = [("ours", None)] + ([("stream", paths)] if opts.stream and paths is not None else [])
+    for name, files in runs:
+        out[name] = run_pipeline(_epoch_ours, pool, cfg, opts, device, precision, files, isolate=opts.isolate)
+        log(f"epoch    {name:<9} {out[name].images_per_s:10,.1f} img/s  {out[name].seconds:9,.1f} s/epoch of {n} images")
     if opts.baseline:
-        base = _rss_base()
-        model, optimizer = _peer_model(cfg, device)
-        model.train()
-        warm = peer_loader(pool[: max(1, opts.warmup) * B], cfg.augment, size, B, 0, device)
-        for v0, v1 in warm:
-            _views_step(model, optimizer, v0.to(device), v1.to(device), device, "fp32", False, temp)
-        synchronize(device)
-        mem = PeakMemory(device)
-        mem.start(base)
-        t0 = time.perf_counter()
-        total = 0.0
-        for v0, v1 in peer_loader(pool[:n], cfg.augment, size, B, opts.workers, device):  # a new loader per epoch
-            v0, v1 = v0.to(device, non_blocking=True), v1.to(device, non_blocking=True)
-            total += _views_step(model, optimizer, v0, v1, device, "fp32", False, temp).item()
-        synchronize(device)
-        sec = time.perf_counter() - t0
-        out["baseline"] = _measure(steps * B, steps, sec, mem.stop(), mem.method, loss=total / max(steps, 1), workers=opts.workers)
+        out["baseline"] = run_pipeline(_epoch_peers, pool, cfg, opts, device, isolate=opts.isolate)
         out["speedup"] = out["ours"].images_per_s / out["baseline"].images_per_s
-        log(f"epoch    baseline  {out['baseline'].images_per_s:10,.1f} img/s  {sec:9,.1f} s/epoch   ours x{out['speedup']:.2f}")
+        log(f"epoch    baseline  {out['baseline'].images_per_s:10,.1f} img/s  {out['baseline'].seconds:9,.1f} s/epoch"
+            f"   ours x{out['speedup']:.2f}")
     return out
 
 
 def bench_ablation(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, log=print) -> dict:
     """Model-only steps on fixed views, one setting changed at a time: which defaults are fastest on this device."""
-    B, size, seed, temp = cfg.train.batch_size, cfg.model.image_size, cfg.train.seed, cfg.train.temperature
-    with torch.no_grad():
-        v0, v1 = augment.simclr_views(pool[:B].to(device), cfg.augment, size, seed, 0, 0)
     bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
     # (name, channels_last, optimizer implementation, torch.compile, cudnn.benchmark, CPU memory reuse)
     cpu = device.type == "cpu"
@@ -544,28 +649,17 @@ def bench_ablation(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.
         if opts.compile:
             variants.append((default + "+compile", True, "fused", True, not cpu, cpu))
     out: dict = {}
-    for name, cl, impl, compiled, cudnn_bench, reuse in variants:
-        precision = "bf16" if name.startswith("bf16") else "fp32"
-        base = _rss_base()
-        model = build_model(cfg.model).to(device)
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-        opt = build_optimizer(cfg.optim, model, B, impl=impl)
-        net = torch.compile(model) if compiled else model
-        warm = opts.warmup + (2 if compiled or cudnn_bench else 0)  # compilation / autotuning in the first calls
+    for variant in variants:
+        name, compiled = variant[0], variant[3]
         try:
-            with our_settings(device, reuse, cudnn_bench):
-                sec, peak, method = _timed(device, warm, opts.steps, lambda i, net=net, opt=opt, p=precision, cl=cl:
-                                           _views_step(net, opt, v0, v1, device, p, cl, temp), base)
+            out[name] = run_pipeline(_ablation_variant, pool, cfg, opts, device, variant, isolate=opts.isolate)
         except Exception as e:  # e.g. torch.compile without a compiler toolchain: report, do not abort the run
             if not compiled:
                 raise
             out[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
             log(f"ablation {name}: failed ({out[name]['error'][:200]})")
             continue
-        out[name] = _measure(opts.steps * B, opts.steps, sec, peak, method)
         log(f"ablation {name:<48} {out[name].images_per_s:10,.1f} img/s  peak {out[name].peak_memory_mb or 0:,.0f} MB")
-        del model, opt, net
     return out
 
 
@@ -611,6 +705,8 @@ def run_bench(cfg: Config, opts: BenchOptions, log=print, on_part: Callable[[dic
             raise ValueError(f"--{name} must be at least {least}, got {getattr(opts, name)}")
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
+    if opts.isolate is None:
+        opts = replace(opts, isolate=device.type == "cpu")
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     pool, paths, source = _pool(cfg, opts, device, log)
@@ -627,6 +723,7 @@ def run_bench(cfg: Config, opts: BenchOptions, log=print, on_part: Callable[[dic
             "compile": opts.compile,
             "steps": opts.steps,
             "rounds": opts.rounds,
+            "fresh_process_per_pipeline": opts.isolate,
             "warmup": opts.warmup,
             "workers": opts.workers,
             "data": source,

@@ -127,7 +127,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
     opts = BenchOptions(steps=args.steps, rounds=args.rounds, warmup=args.warmup, aug_images=args.aug_images, epoch_images=args.epoch_images,
                         workers=args.workers, compile=bool(args.compile), parts=parts, baseline=not args.no_baseline,
-                        stream=args.stream, real_data=args.data is not None)
+                        stream=args.stream, real_data=args.data is not None, isolate=False if args.in_process else None)
     log = (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True)) if args.json else print
 
     def save(result: dict) -> None:  # after each part, so a run stopped by a time limit keeps what it measured
@@ -287,6 +287,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", default=None, help="also time our step with torch.compile")
     p.add_argument("--stream", action="store_true", help="also time an epoch of the streaming path (--data must be an image folder)")
     p.add_argument("--no-baseline", action="store_true", help="time our pipeline only")
+    p.add_argument("--in-process", action="store_true", help="time every pipeline in this process; by default each "
+                   "runs in a fresh process on the CPU, where a pipeline's speed depends on what ran before it in its process")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
     p.add_argument("--output", help="also write the JSON results to this file")
     p.set_defaults(func=cmd_bench)
