@@ -346,10 +346,9 @@ def _child_main(conn, fn: Callable, args: tuple) -> None:
 def run_pipeline(fn: Callable, *args, isolate: bool = True):
     """``fn(*args)``, in a fresh process unless ``isolate`` is False.
 
-    A pipeline's speed depends on what ran before it in the same process: glibc serves large blocks from whatever
-    free heap an earlier pipeline left, so the peers' fp32 step measured after ours ran about 7 % faster than in a
-    fresh process (11.6 vs 12.5 s here), which is not how anyone trains. Each pipeline therefore runs in a process
-    of its own (``spawn``: nothing inherited but the arguments), as a user's training run would. ``fn`` must be a
+    On the CPU a pipeline's speed depends on what ran before it in the same process: glibc serves large blocks
+    from whatever free heap an earlier pipeline left (already faulted in) or maps them afresh, and no user's
+    training run starts with another pipeline's heap. Each pipeline therefore runs in a process of its own (``spawn``: nothing inherited but the arguments), as a user's training run would. ``fn`` must be a
     module-level function; its result comes back pickled. :func:`run_bench` does this on the CPU; on a GPU the
     pipelines share the process, because CUDA's caching allocator holds the same blocks after the warm-up whatever
     ran before, and a fresh CUDA context per pipeline would cost seconds each.
