@@ -338,7 +338,10 @@ def _child_main(conn, fn: Callable, args: tuple) -> None:
     try:
         conn.send(("ok", fn(*args)))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent, which decides
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        import traceback
+
+        where = "".join(traceback.format_exception(e)[-3:-1]).rstrip()
+        conn.send(("error", f"{type(e).__name__}: {e}\n{where}"))
     finally:
         conn.close()
 
@@ -348,10 +351,14 @@ def run_pipeline(fn: Callable, *args, isolate: bool = True):
 
     On the CPU a pipeline's speed depends on what ran before it in the same process: glibc serves large blocks
     from whatever free heap an earlier pipeline left (already faulted in) or maps them afresh, and no user's
-    training run starts with another pipeline's heap. Each pipeline therefore runs in a process of its own (``spawn``: nothing inherited but the arguments), as a user's training run would. ``fn`` must be a
-    module-level function; its result comes back pickled. :func:`run_bench` does this on the CPU; on a GPU the
-    pipelines share the process, because CUDA's caching allocator holds the same blocks after the warm-up whatever
-    ran before, and a fresh CUDA context per pipeline would cost seconds each.
+    training run starts with another pipeline's heap. Each pipeline therefore runs in a process of its own
+    (``spawn``: nothing inherited but the arguments), as a user's training run would. ``fn`` must be a module-level
+    function; its result comes back pickled. :func:`run_bench` does this on the CPU; on a GPU the pipelines share
+    the process, because CUDA's caching allocator holds the same blocks after the warm-up whatever ran before, and
+    a fresh CUDA context per pipeline would cost seconds each.
+
+    Raises:
+        PipelineError: ``fn`` raised in the child (its exception and the end of its traceback), or the child died.
     """
     if not isolate:
         return fn(*args)
