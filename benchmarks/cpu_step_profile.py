@@ -18,7 +18,9 @@ reused (ours, ``train.reuse_memory``), each in a fresh process, it reports:
    GFLOP/s of its forward, input-gradient and weight-gradient kernels, timed one at a time, with the oneDNN
    implementation that runs each (oneDNN's verbose log), the same weight gradient computed another way (the input
    unfolded, then one aten matrix product), and what the step's convolutions would take if every weight gradient
-   ran at the rate of its forward kernel.
+   ran at the rate of its forward kernel;
+5. one SGD update (momentum, weight decay) of the model's parameters with torch's fused, foreach and per-tensor
+   implementations (median of 10 updates each, random gradients).
 
 Run it on a quiet machine; it takes about 3 minutes on 2 cores.
 """
@@ -175,6 +177,25 @@ def conv_kernels(model: nn.Module, views: torch.Tensor) -> dict:
     return {"convolutions": rows, "step_convolutions_s": total, "step_convolutions_s_if_weight_grad_at_forward_rate": at_fwd}
 
 
+def optimizer_updates(reps: int = 10) -> dict:
+    """Milliseconds of one SGD update of the quickstart model's parameters, per torch implementation (section 5)."""
+    cfg = load_config("quickstart", {"train.device": "cpu"})
+    model = build_model(cfg.model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    out = {"parameters": sum(p.numel() for p in model.parameters())}
+    for name, kw in (("fused", {"fused": True}), ("foreach", {"foreach": True}), ("per_tensor", {"foreach": False})):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6, **kw)
+        opt.step()  # momentum buffers created
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        out[f"{name}_ms"] = 1e3 * sorted(times)[reps // 2]
+    return out
+
+
 def matmul_ceiling(dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.matmul(a, b)
@@ -242,6 +263,7 @@ def main() -> None:
         "machine": machine_info(torch.device("cpu")),
         "command": "python benchmarks/cpu_step_profile.py",
         "matmul_ceiling_gflops": {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)},
+        "sgd_update": optimizer_updates(),
         # each in a fresh process, as simclr bench does on the CPU (the heap one leaves changes the other's speed)
         "ours_bf16_channels_last": run_pipeline(profile_step, "bf16", True, True, 2, True),
         "peers_fp32": run_pipeline(profile_step, "fp32", False, False),
@@ -252,6 +274,9 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     ceil = result["matmul_ceiling_gflops"]
     print(f"matmul ceiling: fp32 {ceil['fp32']:.0f} GFLOP/s, bf16 {ceil['bf16']:.0f} GFLOP/s")
+    u = result["sgd_update"]
+    print(f"one SGD update of {u['parameters']:,} parameters: fused {u['fused_ms']:.1f} ms, foreach {u['foreach_ms']:.1f} ms, "
+          f"per tensor {u['per_tensor_ms']:.1f} ms")
     for name, r in (("ours bf16+channels_last", ours), ("peers fp32", peers)):
         shares = ", ".join(f"{k} {v:.0%}" for k, v in r["share_of_profiled_time"].items())
         print(f"{name:<24} {r['source_images_per_s']:6.1f} src img/s; conv forward {r['conv_forward_gflops']:.0f} GFLOP/s, "

@@ -75,8 +75,7 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, batch_size: int, impl: s
 
     ``impl`` picks torch's implementation of Adam and SGD: ``fused`` (one kernel for the whole update), ``foreach``
     (one kernel per operation over all tensors) or ``auto``: fused where torch has it for the parameters' device
-    (CPU and CUDA; on this project's 2-core CPU a ResNet-18 SGD step takes 2.7 ms fused, 9.0 ms foreach and 27 ms
-    per tensor), else foreach. The updates are the same up to floating-point rounding. LARS is foreach always.
+    (CPU and CUDA; benchmarks/cpu_step_profile.py times the three on the CPU), else foreach. The updates are the same up to floating-point rounding. LARS is foreach always.
     Build it after moving the model to its device.
     """
     if impl not in ("auto", "fused", "foreach"):

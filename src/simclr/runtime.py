@@ -82,10 +82,9 @@ def reuse_freed_memory(enable: bool = True) -> bool:
     ResNet-18 stage at 512 bf16 views of 32 px) is new memory whose pages the kernel faults in and zeroes on first
     touch; element-wise operations then run far below the memory bandwidth. With ``enable``, no block is mmapped
     and the heap is trimmed only when 2 GiB (mallopt's largest value) sit free at its top, so the memory of a step
-    is reused by the next: on this project's 2-core Zen 4 the ResNet-18 SimCLR step goes from 52 to 61 source
-    images/s, and the resident set stays at its peak (about +400 MB there), as a GPU's caching allocator does
-    (benchmarks/RESULTS.md). ``enable=False`` restores glibc's
-    defaults (its dynamic mmap threshold, which only concerns blocks under 32 MiB, stays where it is).
+    is reused by the next, as a GPU's caching allocator does, and the resident set stays at its peak
+    (benchmarks/RESULTS.md, "Reusing freed memory", measures both). ``enable=False`` restores glibc's defaults (its
+    dynamic mmap threshold, which only concerns blocks under 32 MiB, stays where it is).
 
     Process-wide; forked DataLoader workers inherit it. Returns False where it cannot apply (no glibc).
     """
