@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 OPTIMIZERS = ("adam", "sgd", "lars")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "fp64")
 STEMS = ("auto", "cifar", "imagenet")
 SPLITS = ("standard", "seed")
 SCHEDULES = ("cosine", "constant")
@@ -106,12 +106,12 @@ class TrainConfig:
     temperature: float = 0.5
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto: bf16 autocast where it is faster (CPU, recent GPUs) | bf16 | fp32
+    precision: str = "auto"  # auto: bf16 autocast where it is faster (CPU, recent GPUs) | bf16 | fp32 | fp64 (numerical checks)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (costs a minute of compile time)
     reuse_memory: bool = True  # CPU (glibc): keep freed memory for the next step (runtime.reuse_freed_memory)
     sync_bn: bool = False  # synchronised BatchNorm across processes (global BN)
-    knn_every: int = 10  # epochs between kNN monitor evaluations (0: never; always after the last)
+    knn_every: int = 10  # epochs between kNN monitor evaluations, and after the last epoch (0: never)
     knn_k: int = 200
     knn_t: float = 0.1
     checkpoint_every: int = 500  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
