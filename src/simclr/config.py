@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
@@ -396,7 +397,7 @@ def save_config(cfg: Config, path: str | os.PathLike, extra: dict[str, Any] | No
     """Write the resolved config as YAML (``extra`` keys such as the command line go first)."""
     d = dict(extra or {})
     d.update(to_dict(cfg))
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+    atomic_write_bytes(yaml.safe_dump(d, sort_keys=False).encode(), path)
 
 
 def read_config(path: str | os.PathLike) -> Config:

@@ -31,6 +31,7 @@ from .evaluate import knn_accuracy
 from .loss import nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer
+from .runlock import lock_for_training
 from .runtime import (
     Dist,
     autocast,
@@ -364,9 +365,13 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=
     ``projection_head.safetensors``, ``run.json``, TensorBoard events and ``plots/``. Returns its path.
     """
     rt = init_distributed(cfg.train.device)
+    lock = None
     try:
+        lock = lock_for_training(cfg.out, rt)  # one writer per run directory
         return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None))
     finally:
+        if lock is not None:
+            lock.release()
         if rt.distributed:
             dist.destroy_process_group()
 
@@ -484,8 +489,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         state.epoch, state.step_in_epoch = done, 0
         state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
         if rt.is_main:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+            # rewritten whole and atomically: a reader (evaluate, report) never sees half a line
+            atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
             if writer is not None:
                 for key in ("loss", "lr", "images_per_sec", "knn_accuracy"):
                     if key in line and math.isfinite(line[key]):
