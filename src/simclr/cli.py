@@ -44,6 +44,9 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the notebook's 8,000/42,000 split)")
     if training:
         g.add_argument("--epochs", type=int, help="number of epochs")
+        g.add_argument("--budget", metavar="DURATION",
+                       help="pretraining time (6m, 90s, 2h, 1h30m): the run measures its speed and plans the steps and the "
+                            "learning-rate schedule to end then; replaces --epochs (giving both is an error)")
         g.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
         g.add_argument("--image-size", type=int, help="side in pixels of the images fed to the encoder")
         g.add_argument("--optimizer", help="adam | sgd | lars")
@@ -84,6 +87,9 @@ def _parse_value(v: str) -> Any:
 
 
 def build_config(args: argparse.Namespace) -> Config:
+    if getattr(args, "budget", None) is not None and getattr(args, "epochs", None) is not None:
+        raise ConfigError("--budget and --epochs both given: a budgeted run decides its own number of steps; "
+                          "give one of them")
     return load_config(args.config, _overrides(args))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .budget import parse_duration
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 
@@ -102,7 +103,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
+    epochs: int = 100  # ignored when budget is set
+    budget: str | None = None  # pretraining time, e.g. 6m, 90s, 1h30m: the run sizes its steps to end then
     batch_size: int = 512  # global batch (split across processes under torchrun)
     temperature: float = 0.5
     seed: int = 0
@@ -161,6 +163,7 @@ FLAG_KEYS = {
     "limit": "data.limit",
     "out": "out",
     "epochs": "train.epochs",
+    "budget": "train.budget",
     "batch_size": "train.batch_size",
     "seed": "train.seed",
     "device": "train.device",
@@ -332,6 +335,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.batch_size: invalid value {cfg.train.batch_size}; must be >= 2 (NT-Xent needs negatives)")
     _positive("train.temperature", cfg.train.temperature)
     _positive("train.epochs", cfg.train.epochs, 0, strict=False)
+    if cfg.train.budget is not None:
+        parse_duration(cfg.train.budget)
     _positive("optim.lr", cfg.optim.lr)
     _positive("optim.weight_decay", cfg.optim.weight_decay, 0, strict=False)
     _positive("optim.warmup_epochs", cfg.optim.warmup_epochs, 0, strict=False)

@@ -107,27 +107,45 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, schedu
     """
     if warmup_steps > 0 and step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    return decayed_lr(min(1.0, (step - warmup_steps) / decay_steps), peak_lr, schedule, final_ratio)
+
+
+def decayed_lr(t: float, peak_lr: float, schedule: str = "cosine", final_ratio: float = 0.0) -> float:
+    """Learning rate after warm-up at fraction ``t`` in [0, 1] of the decay: ``constant``, or half-cosine from
+    ``peak_lr`` to ``final_ratio * peak_lr``."""
     if schedule == "constant":
         return peak_lr
-    decay_steps = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / decay_steps)
     final = final_ratio * peak_lr
     return final + (peak_lr - final) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-class Schedule:
-    """Sets every param group's ``lr`` from :func:`lr_at` for a given global step."""
+def warmup_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    return round(cfg.warmup_epochs * steps_per_epoch)
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, batch_size: int, steps_per_epoch: int, epochs: int):
+
+class Schedule:
+    """Sets every param group's ``lr`` from :func:`lr_at` for a given global step.
+
+    With a :class:`simclr.budget.BudgetPlan` the number of steps is not known in advance: after the warm-up the
+    decay follows the plan's progress (a fraction of the schedule, continuous in the step) instead of step / total.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, batch_size: int, steps_per_epoch: int, epochs: int,
+                 plan=None):
         self.optimizer = optimizer
         self.peak = scaled_lr(cfg, batch_size)
         self.total = steps_per_epoch * epochs
-        self.warmup = min(self.total, round(cfg.warmup_epochs * steps_per_epoch))
+        self.warmup = warmup_steps(cfg, steps_per_epoch) if plan is not None else min(self.total, warmup_steps(cfg, steps_per_epoch))
         self.schedule = cfg.schedule
         self.final_ratio = cfg.final_lr_ratio
+        self.plan = plan
 
     def __call__(self, step: int) -> float:
-        lr = lr_at(step, self.total, self.warmup, self.peak, self.schedule, self.final_ratio)
+        if self.plan is not None and step >= self.warmup:
+            lr = decayed_lr(self.plan.progress(step), self.peak, self.schedule, self.final_ratio)
+        else:
+            lr = lr_at(step, self.total, self.warmup, self.peak, self.schedule, self.final_ratio)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         return lr

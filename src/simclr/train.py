@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import augment
+from .budget import MEASURE_STEPS, BudgetClock, BudgetPlan, parse_duration
 from .checkpoint import atomic_save, atomic_write_bytes, config_differences, load_checkpoint, save_weights
 from .config import Config, save_config, to_dict
 from .data import (
@@ -30,7 +31,7 @@ from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import knn_accuracy
 from .loss import nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
-from .optim import Schedule, build_optimizer
+from .optim import Schedule, build_optimizer, warmup_steps
 from .runlock import lock_for_training
 from .runtime import (
     Dist,
@@ -78,6 +79,7 @@ class TrainState:
     nonfinite_skipped: int = 0
     wall_time: float = 0.0  # seconds of training before this process started
     history: list[dict] = field(default_factory=list)  # metrics lines of finished epochs
+    budget: dict | None = None  # the BudgetPlan of a run with train.budget (simclr.budget)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -204,6 +206,7 @@ def train_one_epoch(
     precision: str,
     on_checkpoint=None,
     log=print,
+    clock: BudgetClock | None = None,
 ) -> None:
     """Train on ``batches`` (pairs of views [b,3,H,W], this process's rows) for steps ``state.step_in_epoch..steps``.
 
@@ -211,7 +214,7 @@ def train_one_epoch(
     taken at any step boundary resumes exactly. The loss is read from the device every :func:`sync_interval` steps,
     before each checkpoint and at the end of the epoch; a non-finite loss stops training there (the error names the
     first bad step; its weights are never checkpointed), or is skipped before its update with
-    ``train.skip_nonfinite``.
+    ``train.skip_nonfinite``. With a budget ``clock`` the epoch also ends where the budget's plan ends.
     """
     B = cfg.train.batch_size
     device = next(model.parameters()).device
@@ -223,7 +226,7 @@ def train_one_epoch(
     if show:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}", leave=False, dynamic_ncols=True)
     t0 = last_line = time.perf_counter()
     done_since_t0 = 0
     lr = float("nan")
@@ -257,6 +260,8 @@ def train_one_epoch(
         done_since_t0 += B
         if state.global_step % every == 0:
             settle()
+        if clock is not None and clock.after_step(state.global_step):
+            break
         if bar is not None:
             if tally.count == 0:  # just settled: the loss is known without waiting for the device
                 rate = done_since_t0 / max(time.perf_counter() - t0, 1e-9)
@@ -267,7 +272,7 @@ def train_one_epoch(
             last_line = time.perf_counter()
             rate = done_since_t0 / max(last_line - t0, 1e-9)
             eta = (steps - it - 1) * B / max(rate, 1e-9)
-            log(f"  epoch {state.epoch + 1}/{cfg.train.epochs} step {it + 1}/{steps}: loss {tally.mean:.4f}, "
+            log(f"  epoch {state.epoch + 1} step {it + 1}/{steps}: loss {tally.mean:.4f}, "
                 f"lr {lr:.3g}, {rate:.0f} img/s, epoch ETA {eta:.0f} s")
         ck_every = cfg.train.checkpoint_every
         if on_checkpoint is not None and ck_every and state.global_step % ck_every == 0 and state.step_in_epoch < steps:
@@ -276,6 +281,8 @@ def train_one_epoch(
             t0 = time.perf_counter()
             done_since_t0 = 0
             on_checkpoint()
+            if clock is not None:
+                clock.note("checkpoint", time.perf_counter() - t0)
     settle()  # also waits for the device, so the epoch time below is the time the work took
     state.epoch_time += time.perf_counter() - t0
     if bar is not None:
@@ -353,6 +360,25 @@ def _preview_images(pre: ImageData | StreamedImages, seed: int) -> torch.Tensor:
     return decode_files(files, [-1] * len(files), [], pre.size, log=lambda _: None).images
 
 
+def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log) -> BudgetPlan | None:
+    """The run's :class:`BudgetPlan`: the saved one when resuming a budgeted run (with or without ``--budget``
+    again), a new one for ``train.budget``, else None."""
+    if state.budget:
+        plan = BudgetPlan(**state.budget)
+        log(f"budget: resuming the plan of {plan.total_steps} steps, {max(plan.budget_s - state.wall_time, 0):.0f} s "
+            f"of {plan.budget_s:.0f} s left")
+        return plan
+    if cfg.train.budget is None:
+        return None
+    if state.global_step:
+        raise ConfigError("train.budget: this run was started without a budget; resume it without --budget "
+                          "(or start a new run with another --out)")
+    budget_s = parse_duration(cfg.train.budget)
+    log(f"budget {cfg.train.budget} ({budget_s:.0f} s): the number of steps is planned after "
+        f"{MEASURE_STEPS + 1} measured steps (train.epochs is not used)")
+    return BudgetPlan(budget_s=budget_s, warmup_steps=warmup_steps(cfg.optim, steps_per_epoch))
+
+
 def unwrap(model: nn.Module) -> SimCLR:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
@@ -414,13 +440,18 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     if cfg.train.sync_bn and rt.distributed:
         model = convert_sync_batchnorm(model, device)
     optimizer = build_optimizer(cfg.optim, model, B)
-    schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs)
     state = TrainState()
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = TrainState(**saved["state"])
         log(f"resumed from {ckpt_path} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+    plan = budget_plan(cfg, state, steps_per_epoch, log)
+    schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs, plan=plan)
+    clock = None
+    if plan is not None:
+        monitor_images = len(bank) + len(queries) if bank is not None and cfg.train.knn_every else 0
+        clock = BudgetClock(plan, B, state.wall_time + time.perf_counter() - started, monitor_images)
     net: nn.Module = model
     if rt.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -450,6 +481,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
             writer = None
 
     def checkpoint() -> None:
+        if plan is not None:
+            state.budget = plan.to_dict()
         if rt.is_main:
             state.wall_time += time.perf_counter() - started_ckpt[0]
             started_ckpt[0] = time.perf_counter()
@@ -458,7 +491,10 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         barrier()
 
     started_ckpt = [time.perf_counter()]
-    while state.epoch < cfg.train.epochs:
+    def finished() -> bool:
+        return plan.done(state.global_step) if plan is not None else state.epoch >= cfg.train.epochs
+
+    while not finished():
         epoch_start_step = state.step_in_epoch
         if isinstance(pre, StreamedImages):
             from .stream import stream_batches
@@ -466,9 +502,10 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
             batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
         else:
             batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
-        train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
+        train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log,
+                        clock=clock)
         done = state.epoch + 1
-        seen = (steps_per_epoch - epoch_start_step) * B
+        seen = (state.step_in_epoch - epoch_start_step) * B
         line = {
             "epoch": done,
             "step": state.global_step,
@@ -478,13 +515,16 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
             "epoch_time_s": state.epoch_time,
         }
         k = cfg.train.knn_every
-        if bank is not None and k and (done % k == 0 or done == cfg.train.epochs):
+        if bank is not None and k and (done % k == 0 or finished()):
+            monitor_started = time.perf_counter()
             if rt.is_main:
                 line["knn_accuracy"] = knn_accuracy(
                     unwrap(net).backbone, bank, queries, cfg.model.image_size, cfg.augment, device, precision,
                     k=cfg.train.knn_k, t=cfg.train.knn_t, batch_size=max(B, 256),
                 )
             barrier()
+            if clock is not None:
+                clock.note("monitor", time.perf_counter() - monitor_started)
         state.history.append(line)
         state.epoch, state.step_in_epoch = done, 0
         state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
@@ -497,9 +537,14 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
                         writer.add_scalar(f"pretrain/{key}", line[key], done)
                 writer.flush()
             knn = f", kNN {line['knn_accuracy']:.4f}" if "knn_accuracy" in line else ""
-            log(f"epoch {done}/{cfg.train.epochs}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, "
+            planned = cfg.train.epochs if plan is None else (
+                f"{plan.total_steps / steps_per_epoch:.1f} planned" if plan.planned else "(planning)")
+            log(f"epoch {done}/{planned}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, "
                 f"{line['images_per_sec']:.0f} img/s{knn}")
+        checkpoint_started = time.perf_counter()
         checkpoint()
+        if clock is not None:
+            clock.note("checkpoint", time.perf_counter() - checkpoint_started)
 
     if rt.is_main:
         finish_run(run_dir, unwrap(net), cfg, state, precision)
@@ -529,11 +574,13 @@ def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, pre
         "backbone": cfg.model.backbone,
         "batch_size": cfg.train.batch_size,
         "proj_dim": cfg.model.proj_dim,
-        "epochs": cfg.train.epochs,
+        "epochs": len(hist) if state.budget else cfg.train.epochs,
         "optimizer": cfg.optim.name,
         "precision": precision,
         "wall_time_s": state.wall_time,
         "data": cfg.data.name,
         "finished": True,
     }
+    if state.budget:  # the plan of a budgeted run beside what it took
+        info["budget"] = {**state.budget, "steps": state.global_step}
     atomic_write_bytes(json.dumps(info, indent=2).encode(), run_dir / "run.json")

@@ -1,0 +1,153 @@
+"""Time-budgeted pretraining (``--budget 6m``): how many steps fit, measured as the run goes, and where the learning
+rate schedule stands.
+
+The user says how long pretraining may take; the run measures its own speed after a few warm-up steps, plans the
+number of optimizer steps that fit (the checkpoints, the kNN monitor and the final exports included), and fits the
+schedule to that many steps, so the cosine reaches its end when the time does instead of being cut off. The plan is
+re-checked every few percent of the run: if the speed drifts, the remaining steps are re-sized and the schedule's
+*progress* (a fraction in [0, 1]) continues from where it is at a new slope, so the learning rate never jumps.
+The plan is part of the training state: a resumed run keeps it and spends what is left of the same budget.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+
+from .errors import ConfigError
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?$")
+
+MEASURE_STEPS = 4  # steps timed (after the first) before the first plan
+REPLAN_FRACTION = 0.05  # re-plan every 5 % of the planned steps
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``"6m"``, ``"90s"``, ``"2h"``, ``"1h30m"``, ``"1.5h"`` or a number of seconds -> seconds (> 0)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        m = _DURATION.match(s) if s else None
+        if s and re.fullmatch(r"\d+(\.\d+)?", s):
+            seconds = float(s)
+        elif m and any(m.groups()):
+            seconds = sum(float(v) * _UNITS[u] for v, u in zip(m.groups(), "hms") if v)
+        else:
+            raise ConfigError(f"train.budget: cannot read {text!r} as a duration; use e.g. 90s, 6m, 2h or 1h30m")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"train.budget: {text!r} is not a positive duration; use e.g. 90s, 6m, 2h or 1h30m")
+    return seconds
+
+
+@dataclass
+class BudgetPlan:
+    """The plan of a budgeted run; saved in every checkpoint (plain numbers only).
+
+    ``progress(step)`` is the schedule's position after warm-up: it runs linearly from ``anchor_progress`` at
+    ``anchor_step`` to 1 at ``total_steps``. A re-plan moves the anchor to the current step and progress, so the
+    progress (and the learning rate) is continuous in the step.
+    """
+
+    budget_s: float
+    warmup_steps: int
+    total_steps: int = 0  # 0 until the speed has been measured
+    steps_per_s: float = 0.0
+    images_per_s: float = 0.0
+    reserve_s: float = 0.0  # time kept for the final kNN monitor, checkpoint and exports
+    anchor_step: int = 0
+    anchor_progress: float = 0.0
+    replans: int = 0
+
+    @property
+    def planned(self) -> bool:
+        return self.total_steps > 0
+
+    def progress(self, step: int) -> float:
+        """Fraction of the post-warm-up schedule done at optimizer step ``step`` (0 before the first plan)."""
+        if not self.planned or step <= self.anchor_step:
+            return self.anchor_progress
+        span = max(1, self.total_steps - self.anchor_step)
+        return min(1.0, self.anchor_progress + (1.0 - self.anchor_progress) * (step - self.anchor_step) / span)
+
+    def replan(self, step: int, remaining_s: float, steps_per_s: float, images_per_step: int) -> None:
+        """Size the steps still to run from the time left and the measured speed; the progress stays continuous."""
+        start = max(step, self.warmup_steps)
+        progress = self.progress(step) if step >= self.warmup_steps else 0.0
+        # never below the warm-up, and at least one step so that a schedule exists
+        self.total_steps = max(step + 1, self.warmup_steps + 1, step + int(max(remaining_s, 0.0) * steps_per_s))
+        self.anchor_step, self.anchor_progress = start, progress
+        self.steps_per_s = steps_per_s
+        self.images_per_s = steps_per_s * images_per_step
+        self.replans += 1
+
+    def done(self, step: int) -> bool:
+        return self.planned and step >= self.total_steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BudgetClock:
+    """Runs a :class:`BudgetPlan` during training: times the steps, plans, re-plans, and says when to stop.
+
+    ``elapsed`` counts the budget already spent when the clock is made (``spent_s``: this process's set-up, such as
+    loading the data, plus the time of earlier processes of the same run, so a resumed run spends only what is
+    left) and then the time since. ``overhead`` is what the run spent outside training steps (checkpoints, kNN
+    monitor); the final one of each is kept in reserve.
+    """
+
+    def __init__(self, plan: BudgetPlan, images_per_step: int, spent_s: float, final_monitor_images: int = 0):
+        self.plan = plan
+        self.images_per_step = images_per_step
+        self.started = time.perf_counter() - spent_s
+        self.final_monitor_images = final_monitor_images
+        self.step_time = 0.0  # seconds spent in timed training steps (since the last plan: the speed now)
+        self.timed_steps = 0
+        self.overhead_s = 0.0  # checkpoints and monitors of this process so far
+        self.steps_done = 0  # steps run by this process
+        self.last_mark: float | None = None
+        self.checkpoint_s = 0.0  # the last checkpoint's duration
+        self.monitor_s: float | None = None  # the last kNN monitor's duration
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def note(self, kind: str, seconds: float) -> None:
+        """Record an overhead that will recur at the end (``checkpoint`` or ``monitor``)."""
+        self.overhead_s += seconds
+        if kind == "checkpoint":
+            self.checkpoint_s = max(self.checkpoint_s, seconds)
+        elif kind == "monitor":
+            self.monitor_s = seconds
+        if self.last_mark is not None:
+            self.last_mark += seconds  # the next step's time excludes the overhead
+
+    def _reserve(self) -> float:
+        rate = self.plan.images_per_s or (self.timed_steps * self.images_per_step / max(self.step_time, 1e-9))
+        # Before a monitor has run, its cost is estimated from the training speed: a training step runs forward and
+        # backward (about 3 forwards) on 2 views of each image, the monitor one forward per image.
+        monitor = self.monitor_s if self.monitor_s is not None else self.final_monitor_images / max(6.0 * rate, 1e-9)
+        return monitor + 2.0 * self.checkpoint_s  # the final checkpoint and the exports
+
+    def after_step(self, step: int) -> bool:
+        """Call after optimizer step ``step`` (1-based count of steps done). Returns True when the run must stop."""
+        now = time.perf_counter()
+        self.steps_done += 1
+        if self.last_mark is not None:
+            self.step_time += now - self.last_mark
+            self.timed_steps += 1
+        self.last_mark = now  # the first step after a start or an overhead is not timed (warm-up, allocation)
+        plan = self.plan
+        every = max(1, int(REPLAN_FRACTION * plan.total_steps))
+        if self.timed_steps >= MEASURE_STEPS and (not plan.planned or step % every == 0):
+            # seconds per step now, plus this process's checkpoints and monitors spread over its steps so far: the
+            # ones still to come before the end cost about as much per step
+            per_step = self.step_time / self.timed_steps + self.overhead_s / self.steps_done
+            plan.reserve_s = self._reserve()
+            plan.replan(step, plan.budget_s - self.elapsed() - plan.reserve_s, 1.0 / per_step, self.images_per_step)
+            self.step_time, self.timed_steps = 0.0, 0  # the next plan uses the speed since this one
+        return plan.done(step)

@@ -1,0 +1,139 @@
+"""--budget: durations, the plan and its re-plans, the schedule it drives, and a budgeted run that stops and resumes."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from simclr import budget as budget_module
+from simclr.budget import BudgetClock, BudgetPlan, parse_duration
+from simclr.checkpoint import load_checkpoint
+from simclr.cli import main
+from simclr.config import OptimConfig, load_config
+from simclr.errors import ConfigError
+from simclr.optim import Schedule
+from simclr.train import pretrain
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("6m", 360), ("90s", 90), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400),
+                                               ("2m30s", 150), (" 45 ", 45), (12, 12), ("0.5m", 30)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "6x", "0", "-5m", "m", "5ms", "inf", True])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ConfigError, match="90s, 6m"):
+        parse_duration(text)
+
+
+def test_replan_keeps_the_schedule_continuous():
+    plan = BudgetPlan(budget_s=100, warmup_steps=2)
+    assert not plan.planned and plan.progress(5) == 0 and not plan.done(10**6)
+    plan.replan(step=5, remaining_s=95, steps_per_s=2.0, images_per_step=8)  # 190 more steps
+    assert plan.total_steps == 195 and plan.images_per_s == 16
+    assert plan.progress(5) == 0 and plan.progress(195) == 1 and plan.done(195) and not plan.done(194)
+    before = plan.progress(100)
+    plan.replan(step=100, remaining_s=10, steps_per_s=1.0, images_per_step=8)  # slower: 10 more steps, not 95
+    assert plan.total_steps == 110 and plan.progress(100) == pytest.approx(before)  # no jump
+    assert plan.progress(105) == pytest.approx(before + (1 - before) / 2) and plan.progress(110) == 1
+    plan.replan(step=110, remaining_s=-3, steps_per_s=1.0, images_per_step=8)  # over time: one more step at most
+    assert plan.total_steps == 111
+
+
+def test_schedule_follows_the_plan_without_jumps():
+    cfg = OptimConfig(lr=0.4, scale_lr=False, warmup_epochs=1, schedule="cosine")
+    plan = BudgetPlan(budget_s=100, warmup_steps=4)
+    sched = Schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), cfg, 256, 4, 1, plan=plan)
+    assert [sched(s) for s in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.4])  # warm-up in steps, plan or not
+    assert sched(4) == pytest.approx(0.4)  # before the first plan: the peak
+    plan.replan(step=6, remaining_s=40, steps_per_s=1.0, images_per_step=1)
+    lrs = [sched(s) for s in range(6, plan.total_steps + 1)]
+    # smooth: no step larger than the half-cosine's steepest slope over the planned steps
+    assert max(abs(a - b) for a, b in zip(lrs, lrs[1:])) <= 0.4 * math.pi / 2 / (plan.total_steps - 6) * 1.001
+    plan.replan(step=20, remaining_s=100, steps_per_s=1.0, images_per_step=1)
+    assert sched(20) == pytest.approx(lrs[20 - 6])  # a re-plan does not move the learning rate
+    assert sched(plan.total_steps) == pytest.approx(0.0, abs=1e-12)  # the cosine ends where the plan ends
+
+
+class FakeTime:
+    """Each reading of the budget's clock advances by ``tick`` seconds: steps of a known, constant cost."""
+
+    def __init__(self, tick: float):
+        self.t, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
+def test_clock_plans_after_the_measured_steps_and_stops(monkeypatch):
+    fake = FakeTime(0.5)
+    monkeypatch.setattr(budget_module, "time", fake)
+    plan = BudgetPlan(budget_s=60, warmup_steps=0)
+    clock = BudgetClock(plan, images_per_step=10, spent_s=0)
+    steps = 0
+    while not clock.after_step(steps + 1):
+        steps += 1
+        assert steps < 1000
+        if steps == budget_module.MEASURE_STEPS:  # the first step is not timed: no plan yet
+            assert not plan.planned
+    steps += 1
+    # each step reads the clock once (0.5 s), and twice at a re-plan: about 60 / 0.5 steps, minus the re-plans' reads
+    assert plan.planned and plan.total_steps == steps and 90 <= steps <= 120, steps
+    assert 15 < plan.images_per_s <= 20 and plan.replans > 3  # 10 images per 0.5-0.6 s
+
+
+def tiny(folder, out, **over):
+    base = {"data.name": str(folder), "out": str(out), "model.image_size": 16, "model.proj_hidden": [32], "model.proj_dim": 16,
+            "train.batch_size": 12, "train.knn_every": 0, "train.knn_k": 5, "data.n_val": 6, "train.progress": False,
+            "train.preview": False, "optim.warmup_epochs": 0, "train.precision": "fp32", "train.channels_last": False}
+    base.update(over)
+    return load_config(None, base)
+
+
+def test_budgeted_run_stops_at_its_plan_and_records_it(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(budget_module, "time", FakeTime(2.0))  # 2-4 s per step whatever the machine: ~10 steps
+    run = pretrain(tiny(tiny_folder, tmp_path / "run", **{"train.budget": "30s", "train.epochs": 1}))
+    info = json.loads((run / "run.json").read_text())
+    plan = info["budget"]
+    assert plan["budget_s"] == 30 and plan["total_steps"] == plan["steps"] > 3  # stopped where the plan ends
+    ck = load_checkpoint(run / "checkpoints/last.pt")
+    assert ck["state"]["global_step"] == plan["steps"] and ck["state"]["budget"]["total_steps"] == plan["steps"]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == list(range(1, len(lines) + 1)) and len(lines) == math.ceil(plan["steps"] / 3)
+    assert lines[-1]["step"] == plan["steps"]  # the last (partial) epoch has its line
+    assert info["epochs"] == len(lines)  # train.epochs (1) was not used
+
+
+def test_budgeted_run_resumes_with_its_plan(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(budget_module, "time", FakeTime(2.0))
+    out = tmp_path / "run"
+    cfg = tiny(tiny_folder, out, **{"train.budget": "40s", "train.checkpoint_every": 1})
+    import simclr.train as train
+
+    original = train.BudgetClock.after_step
+
+    def interrupted(self, step):  # the process dies after 8 steps (the plan exists by then)
+        if step > 8:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(train.BudgetClock, "after_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg)
+    saved = load_checkpoint(out / "checkpoints/last.pt")["state"]["budget"]
+    assert saved["total_steps"] > 0
+    monkeypatch.setattr(train.BudgetClock, "after_step", original)
+    pretrain(tiny(tiny_folder, out, **{"train.checkpoint_every": 1}), resume=True)  # no --budget: the plan decides
+    info = json.loads((out / "run.json").read_text())
+    assert info["budget"]["budget_s"] == 40 and info["budget"]["steps"] == info["budget"]["total_steps"]
+    assert info["budget"]["replans"] > saved["replans"]  # the resumed process went on planning the same budget
+
+
+def test_budget_and_epochs_together_is_an_error(tiny_folder, tmp_path, capsys):
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--budget", "6m", "--epochs", "3"])
+    assert rc == 2 and "--budget and --epochs" in capsys.readouterr().err
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--budget", "soon"])
+    assert rc == 2 and "train.budget" in capsys.readouterr().err
