@@ -9,6 +9,8 @@
 #          about 5 minutes of pretraining on 2 quiet cores, 15 in all with the evaluations)
 #   long   the quickstart settings on all 50,000 training images for 2 epochs (100,000 images: about 30 minutes of
 #          pretraining on 2 quiet cores; kNN monitor only after the last epoch)
+#   budget6m / budget30m  the quickstart settings on all 50,000 training images with `--budget 6m` / `30m` (warm-up
+#          cut to 0.05 epochs so that it fits; no kNN monitor), the full protocol as for long
 #   CIFAR10_DIR  default: ../shared/data/cifar10 (the JPEG copy of CIFAR-10 in image-folder layout)
 #   RUNS_DIR     default: runs/bench_accuracy
 # Writes RUNS_DIR/<name>/ (run directories, report) and benchmarks/results/cpu_accuracy_<name>.json.
@@ -42,6 +44,7 @@ res = {
     "pretrain_wall_time_s": info.get("wall_time_s"),
     "total_wall_time_s": wall,
     "pretrain_epochs": info.get("epochs"),
+    "budget_plan": info.get("budget"),
     "pretrain_images_per_s": [m.get("images_per_sec") for m in metrics],
     "load_average_before": load0,
     "load_average_after": load1,
@@ -56,7 +59,9 @@ PY
 
 case "$WHICH" in
   quick) run quick ;;
+  budget6m) run budget6m --set data.limit=null --budget 6m --set optim.warmup_epochs=0.05 --set train.knn_every=0 ;;
+  budget30m) run budget30m --set data.limit=null --budget 30m --set optim.warmup_epochs=0.1 --set train.knn_every=0 ;;
   long) run long --set data.limit=null --epochs 2 --set train.knn_every=0 ;;
   all) run quick; run long --set data.limit=null --epochs 2 --set train.knn_every=0 ;;
-  *) echo "usage: $0 [quick|long|all] [CIFAR10_DIR] [RUNS_DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 [quick|long|budget6m|budget30m|all] [CIFAR10_DIR] [RUNS_DIR]" >&2; exit 2 ;;
 esac

@@ -57,6 +57,22 @@ def test_schedule_follows_the_plan_without_jumps():
     assert sched(plan.total_steps) == pytest.approx(0.0, abs=1e-12)  # the cosine ends where the plan ends
 
 
+def test_first_plan_shortens_a_long_warmup_without_a_jump():
+    cfg = OptimConfig(lr=1.0, scale_lr=False, warmup_epochs=10, schedule="cosine")
+    plan = BudgetPlan(budget_s=100, warmup_steps=100)  # 10 epochs of 10 steps: longer than the budget allows
+    sched = Schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), cfg, 256, 10, 10, plan=plan)
+    lrs = [sched(s) for s in range(5)]
+    assert lrs == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05])  # the configured warm-up until the plan
+    plan.replan(step=5, remaining_s=195, steps_per_s=1.0, images_per_step=1)  # 200 steps in all
+    assert plan.total_steps == 200 and plan.warmup_steps == 20  # 10 % of the plan
+    lrs += [sched(s) for s in range(5, plan.total_steps + 1)]
+    end = plan.warmup_steps - 1  # the warm-up's last step reaches the peak, the decay starts there
+    assert lrs[end] == pytest.approx(1.0) and lrs[end + 1] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(lrs[:end], lrs[1 : end + 1]))  # rising, from where it was ...
+    assert max(b - a for a, b in zip(lrs[:end], lrs[1 : end + 1])) < 0.07  # ... without a jump (0.95 / 15 a step)
+    assert all(b <= a for a, b in zip(lrs[end:], lrs[end + 1 :])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
 class FakeTime:
     """Each reading of the budget's clock advances by ``tick`` seconds: steps of a known, constant cost."""
 

@@ -23,6 +23,7 @@ _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+
 
 MEASURE_STEPS = 4  # steps timed (after the first) before the first plan
 REPLAN_FRACTION = 0.05  # re-plan every 5 % of the planned steps
+WARMUP_MAX_FRACTION = 0.1  # the warm-up takes at most this share of the planned steps
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -55,6 +56,8 @@ class BudgetPlan:
     budget_s: float
     warmup_steps: int
     total_steps: int = 0  # 0 until the speed has been measured
+    warmup_from_step: int = 0  # where a shortened warm-up continues from (0: the configured warm-up unchanged) ...
+    warmup_from: float = 0.0  # ... and the fraction of the peak learning rate reached there
     steps_per_s: float = 0.0
     images_per_s: float = 0.0
     reserve_s: float = 0.0  # time kept for the final kNN monitor, checkpoint and exports
@@ -73,12 +76,35 @@ class BudgetPlan:
         span = max(1, self.total_steps - self.anchor_step)
         return min(1.0, self.anchor_progress + (1.0 - self.anchor_progress) * (step - self.anchor_step) / span)
 
+    def warmup_fraction(self, step: int) -> float | None:
+        """The learning rate at ``step`` as a fraction of the peak during the warm-up; None after it.
+
+        Linear from 0 as configured; when the first plan shortens the warm-up, linear from where it was to the peak
+        at the new end, so the learning rate stays continuous.
+        """
+        if step >= self.warmup_steps:
+            return None
+        if not self.warmup_from_step or step < self.warmup_from_step:
+            return (step + 1) / self.warmup_steps
+        return self.warmup_from + (1.0 - self.warmup_from) * (step - self.warmup_from_step + 1) / (
+            self.warmup_steps - self.warmup_from_step)
+
     def replan(self, step: int, remaining_s: float, steps_per_s: float, images_per_step: int) -> None:
-        """Size the steps still to run from the time left and the measured speed; the progress stays continuous."""
+        """Size the steps still to run from the time left and the measured speed; the progress stays continuous.
+
+        The first plan also caps the warm-up at ``WARMUP_MAX_FRACTION`` of the planned steps (a warm-up of 10 epochs
+        would otherwise outlast a budget of minutes).
+        """
+        total = step + int(max(remaining_s, 0.0) * steps_per_s)
+        if not self.planned and self.warmup_steps > step:
+            cap = max(step + 1, round(WARMUP_MAX_FRACTION * total))
+            if cap < self.warmup_steps:
+                self.warmup_from = self.warmup_fraction(step - 1) if step else 0.0
+                self.warmup_from_step, self.warmup_steps = step, cap
         start = max(step, self.warmup_steps)
         progress = self.progress(step) if step >= self.warmup_steps else 0.0
         # never below the warm-up, and at least one step so that a schedule exists
-        self.total_steps = max(step + 1, self.warmup_steps + 1, step + int(max(remaining_s, 0.0) * steps_per_s))
+        self.total_steps = max(step + 1, self.warmup_steps + 1, total)
         self.anchor_step, self.anchor_progress = start, progress
         self.steps_per_s = steps_per_s
         self.images_per_s = steps_per_s * images_per_step

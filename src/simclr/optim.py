@@ -136,14 +136,16 @@ class Schedule:
         self.optimizer = optimizer
         self.peak = scaled_lr(cfg, batch_size)
         self.total = steps_per_epoch * epochs
-        self.warmup = warmup_steps(cfg, steps_per_epoch) if plan is not None else min(self.total, warmup_steps(cfg, steps_per_epoch))
+        self.warmup = min(self.total, warmup_steps(cfg, steps_per_epoch))
         self.schedule = cfg.schedule
         self.final_ratio = cfg.final_lr_ratio
         self.plan = plan
 
     def __call__(self, step: int) -> float:
-        if self.plan is not None and step >= self.warmup:
-            lr = decayed_lr(self.plan.progress(step), self.peak, self.schedule, self.final_ratio)
+        if self.plan is not None:
+            warm = self.plan.warmup_fraction(step)
+            lr = self.peak * warm if warm is not None else decayed_lr(self.plan.progress(step), self.peak, self.schedule,
+                                                                     self.final_ratio)
         else:
             lr = lr_at(step, self.total, self.warmup, self.peak, self.schedule, self.final_ratio)
         for g in self.optimizer.param_groups:
