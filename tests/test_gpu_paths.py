@@ -1,0 +1,86 @@
+"""The CUDA paths' promises that a CPU can check: no host-device copy or tensor from Python data inside a training
+step, one parameter copy per view, device selection errors, the memory checks before decoding, the deterministic
+setting. What only a GPU can show (the sync debug mode, SyncBatchNorm vs GlobalBatchNorm, bitwise resume on CUDA)
+is run by benchmarks/gpu_checks.py from benchmarks/gpu.sh."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from simclr import augment
+from simclr.config import AugmentConfig, load_config
+from simclr.models import build_model
+from simclr.optim import Schedule, build_optimizer
+from simclr.runtime import Dist
+from simclr.train import TrainState, device_batches, train_one_epoch
+
+
+def _images(n: int = 24, size: int = 16) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+class _HostToDevice(TorchDispatchMode):
+    """Counts the operations that read a CPU tensor and produce a tensor on another device (host-to-device copies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        outputs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+        if any(t.device.type == "cpu" for t in inputs) and any(o.device.type != "cpu" for o in outputs):
+            self.copies.append(str(func))
+        return out
+
+
+def test_views_take_one_host_to_device_copy_each():
+    # The meta device stands in for a GPU: every operation runs (shapes only) and a copy from the CPU is visible.
+    images = _images().to("meta")
+    cfg = AugmentConfig(jitter_p=1.0, gray_p=0.5, blur_p=0.5)  # every photometric operation has rows
+    with _HostToDevice() as mode:
+        v0, v1 = augment.simclr_views(images, cfg, 16, seed=0, epoch=0, step=0)
+    assert v0.device.type == "meta" and v0.shape == (24, 3, 16, 16)
+    assert len(mode.copies) == 2, mode.copies  # one per view, not one per parameter tensor
+
+
+def test_send_all_round_trips_every_dtype():
+    tensors = [torch.arange(5, dtype=torch.int64).view(5, 1), torch.tensor([True, False, True]), torch.rand(2, 3),
+               torch.empty(0, dtype=torch.int64), torch.rand(1, 3, 1, 1, dtype=torch.float64)]
+    out = augment._send_all(tensors, torch.device("meta"))
+    assert [(o.dtype, o.shape, o.device.type) for o in out] == [(t.dtype, t.shape, "meta") for t in tensors]
+
+
+def test_training_step_creates_no_tensor_from_python_data(monkeypatch):
+    cfg = load_config(None, {"model.image_size": 16, "model.proj_hidden": [16], "model.proj_dim": 8, "train.batch_size": 8,
+                             "train.epochs": 2, "train.progress": False, "augment.jitter_p": 1.0, "augment.blur_p": 0.5})
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(cfg.optim, model, 8)
+    schedule = Schedule(optimizer, cfg.optim, 8, 3, 2)
+    images, state, rt = _images(), TrainState(), Dist()
+
+    def epoch() -> None:
+        train_one_epoch(model, optimizer, schedule, device_batches(images, cfg, state.epoch, 0, rt), 3, cfg, state, rt,
+                        "fp32", log=lambda *a: None)
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+
+    epoch()  # first use fills the caches of constant tensors (normalisation)
+    made: list[str] = []
+
+    def spy(name):
+        real = getattr(torch, name)
+
+        def wrapper(*args, **kwargs):
+            made.append(name)
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in ("tensor", "as_tensor", "from_numpy"):
+        monkeypatch.setattr(torch, name, spy(name))
+    before = state.global_step
+    epoch()
+    assert state.global_step == before + 3
+    assert made == [], made
+
