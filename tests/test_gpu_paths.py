@@ -5,15 +5,20 @@ is run by benchmarks/gpu_checks.py from benchmarks/gpu.sh."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from simclr import augment
+from simclr.cli import main
 from simclr.config import AugmentConfig, load_config
+from simclr.errors import ConfigError
 from simclr.models import build_model
 from simclr.optim import Schedule, build_optimizer
-from simclr.runtime import Dist
-from simclr.train import TrainState, device_batches, train_one_epoch
+from simclr.runtime import Dist, configure_device, init_distributed, resolve_device
+from simclr.train import TrainState, device_batches, pretrain, train_one_epoch
 
 
 def _images(n: int = 24, size: int = 16) -> torch.Tensor:
@@ -84,3 +89,72 @@ def test_training_step_creates_no_tensor_from_python_data(monkeypatch):
     assert state.global_step == before + 3
     assert made == [], made
 
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch.cuda as if the machine had 2 GPUs; returns the list of devices passed to torch.cuda.set_device."""
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    return current
+
+
+def test_cuda_device_is_made_current(two_gpus):
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("auto", local_rank=3) == torch.device("cuda", 1)
+    assert two_gpus == [torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+def test_cuda_index_beyond_the_gpus_exits_2(two_gpus, tiny_folder, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="2 CUDA GPU"):
+        resolve_device("cuda:2")
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), "--device", "cuda:5"])
+    assert rc == 2 and "cuda:5" in capsys.readouterr().err
+    assert two_gpus == []
+
+
+def test_explicit_cuda_index_under_torchrun_exits_2(two_gpus, monkeypatch, tiny_folder, tmp_path, capsys):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="LOCAL_RANK"):
+        init_distributed("cuda:0")
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), "--device", "cuda:1"])
+    assert rc == 2 and "torchrun" in capsys.readouterr().err
+    assert two_gpus == [] and not torch.distributed.is_initialized()
+
+
+@pytest.fixture
+def restore_determinism():
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+    if saved[4] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
+
+
+def test_train_deterministic_is_applied(restore_determinism, monkeypatch, tiny_folder, tmp_path):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(False)
+    cfg = load_config(None, {"data.name": str(tiny_folder), "out": str(tmp_path / "run"), "model.image_size": 16,
+                             "model.proj_hidden": [16], "model.proj_dim": 8, "train.batch_size": 12, "train.epochs": 1,
+                             "train.knn_every": 0, "train.progress": False, "train.preview": False,
+                             "train.deterministic": True})
+    pretrain(cfg, log=lambda *a: None)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_cudnn_autotuning_without_deterministic(restore_determinism):
+    torch.use_deterministic_algorithms(False)
+    configure_device(torch.device("cuda", 0), reuse_memory=False)  # settings only; no GPU needed
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()

@@ -372,7 +372,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     started = time.perf_counter()
     device = rt.device
     precision = resolve_precision(cfg.train.precision, device)
-    configure_device(device, cfg.train.reuse_memory)
+    configure_device(device, cfg.train.reuse_memory, cfg.train.deterministic)
     B = cfg.train.batch_size
     if B % rt.world_size:
         raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
@@ -404,7 +404,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and rt.distributed:
-        model = convert_sync_batchnorm(model, device)
+        model = convert_sync_batchnorm(model, device, cfg.train.sync_bn_impl)
     optimizer = build_optimizer(cfg.optim, model, B)
     schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs)
     state = TrainState()
