@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from simclr import augment
 from simclr.cli import main
 from simclr.config import AugmentConfig, load_config
-from simclr.errors import ConfigError
+from simclr.errors import ConfigError, DataError
 from simclr.models import build_model
 from simclr.optim import Schedule, build_optimizer
 from simclr.runtime import Dist, configure_device, init_distributed, resolve_device
@@ -158,3 +158,44 @@ def test_cudnn_autotuning_without_deterministic(restore_determinism):
     torch.use_deterministic_algorithms(False)
     configure_device(torch.device("cuda", 0), reuse_memory=False)  # settings only; no GPU needed
     assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_decoding_more_than_free_memory_is_a_data_error(tiny_folder, tmp_path, monkeypatch, capsys):
+    from simclr import data
+
+    # 36 train images of 16 px are 27,648 bytes; with 20,000 bytes free they do not fit
+    monkeypatch.setattr(data, "free_host_memory", lambda: 20_000)
+    with pytest.raises(DataError, match="data.stream"):
+        data.load_split(load_config(None, {"data.name": str(tiny_folder)}).data, "train", 16, log=lambda *a: None)
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), "--image-size", "16"])
+    assert rc == 3 and "data.stream" in capsys.readouterr().err
+    # two processes of a torchrun job on this machine hold two copies
+    monkeypatch.setattr(data, "free_host_memory", lambda: 40_000)
+    cfg = load_config(None, {"data.name": str(tiny_folder)}).data
+    data.load_split(cfg, "train", 16, log=lambda *a: None)  # fits once (and is now cached)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(DataError, match="2 processes"):
+        data.load_split(cfg, "train", 16, log=lambda *a: None)  # the cache read is checked too
+
+
+def test_device_resident_images_are_checked_against_free_gpu_memory(monkeypatch):
+    from simclr import data
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1_000_000, 80_000_000_000))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    data.check_device_memory(400_000, torch.device("cuda", 0))  # 40 % of the free memory: fits
+    with pytest.raises(DataError, match="data.stream"):
+        data.check_device_memory(600_000, torch.device("cuda", 0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on one GPU: two copies
+    with pytest.raises(DataError, match="2 processes share"):
+        data.check_device_memory(400_000, torch.device("cuda", 0))
+    data.check_device_memory(10**15, torch.device("cpu"))  # the CPU path keeps the host copy: nothing to add
+
+
+def test_decode_pool_takes_one_process_share_of_the_cores(monkeypatch):
+    from simclr import data
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert data._cpu_count() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert data._cpu_count() == 4

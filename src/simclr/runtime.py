@@ -182,6 +182,24 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextlib.contextmanager
+def local_main_first(rt: Dist):
+    """Run the body on each machine's local rank 0 first, then on the other processes.
+
+    For first-run data preparation (download, extraction, decoding into the cache): one process per machine does
+    it while the others wait at a barrier, then they read what it left. If the first process fails, the others
+    are released all the same and meet the same error themselves.
+    """
+    first = rt.local_rank == 0
+    if rt.distributed and not first:
+        barrier()
+    try:
+        yield
+    finally:
+        if rt.distributed and first:
+            barrier()
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work (for honest timings)."""
     if device.type == "cuda":

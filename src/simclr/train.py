@@ -25,6 +25,7 @@ from .data import (
     make_splits,
     report_unreadable,
     split_labels,
+    to_device_checked,
 )
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import knn_accuracy
@@ -37,6 +38,7 @@ from .runtime import (
     barrier,
     configure_device,
     init_distributed,
+    local_main_first,
     resolve_precision,
     seed_everything,
 )
@@ -391,12 +393,13 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         raise ConfigError(f"{run_dir} already holds a run (checkpoints/last.pt); continue it with --resume or choose another --out")
 
     seed_everything(cfg.train.seed)
-    pre, bank, queries = _labeled_sets(cfg, cfg.train.seed, log)
+    with local_main_first(rt):  # local rank 0 downloads / decodes into the cache; the others then read it
+        pre, bank, queries = _labeled_sets(cfg, cfg.train.seed, log)
     steps_per_epoch = len(pre) // B
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
     # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
-    images = pre.images.to(device, non_blocking=True) if isinstance(pre, ImageData) else None
+    images = to_device_checked(pre.images, device) if isinstance(pre, ImageData) else None
     log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
         + (f", {rt.world_size} processes" if rt.distributed else ""))
 
