@@ -160,6 +160,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def launched_rank() -> int:
+    """This process's global rank as torchrun set it (``RANK``), 0 outside torchrun; readable before and after the
+    process group exists."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device_name: str = "auto") -> Dist:
     """Join the process group when launched by torchrun (``RANK``/``WORLD_SIZE`` set): NCCL on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
