@@ -6,6 +6,7 @@ is run by benchmarks/gpu_checks.py from benchmarks/gpu.sh."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -199,3 +200,31 @@ def test_decode_pool_takes_one_process_share_of_the_cores(monkeypatch):
     assert data._cpu_count() == 16
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert data._cpu_count() == 4
+
+
+def test_feature_head_reads_the_device_once_per_epoch_not_per_step(monkeypatch):
+    from simclr.evaluate import train_head
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    reads = []
+
+    def spy(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args):
+            # reads in evaluate.py; torch's optimizers read their CPU step counters, which costs no device sync
+            if sys._getframe(1).f_code.co_filename.endswith("evaluate.py"):
+                reads.append(name)
+            return real(self, *args)
+        return read
+
+    for name in ("__float__", "__int__", "__bool__", "item"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    counts = []
+    for batch in (64, 8):  # 1 and 8 steps per epoch
+        reads.clear()
+        res = train_head(x, y, x[:16], y[:16], 3, epochs=3, batch_size=batch, device=torch.device("cpu"))
+        counts.append(len(reads))
+    assert counts[0] == counts[1], counts
+    assert next(res.model.parameters()).device.type == "cpu"
