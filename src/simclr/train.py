@@ -483,6 +483,9 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         state.history.append(line)
         state.epoch, state.step_in_epoch = done, 0
         state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
+        t_ckpt = time.perf_counter()
+        checkpoint()
+        line["checkpoint_time_s"] = time.perf_counter() - t_ckpt  # wall time of an epoch: epoch_time_s + this
         if rt.is_main:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
@@ -494,7 +497,6 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
             knn = f", kNN {line['knn_accuracy']:.4f}" if "knn_accuracy" in line else ""
             log(f"epoch {done}/{cfg.train.epochs}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, "
                 f"{line['images_per_sec']:.0f} img/s{knn}")
-        checkpoint()
 
     if rt.is_main:
         finish_run(run_dir, unwrap(net), cfg, state, precision)
