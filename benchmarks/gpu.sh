@@ -2,7 +2,7 @@
 # SimCLR on one lent GPU (an H200 for 15 minutes in all, each machine start taking one or two): one command from the
 # repository root, 6 minutes by default so that a rerun after a quick fix still fits.
 #
-#   cp -r ../shared/data/cifar10 data/cifar10     # once, before asking for the GPU (data/ is git-ignored)
+#   mkdir -p data && cp -r ../shared/data/cifar10 data/     # once, before asking for the GPU (data/ is git-ignored)
 #   bash benchmarks/gpu.sh [OUT_DIR] [CIFAR10_DIR]
 #
 # Only the repository travels to the GPU machine (git-tracked files plus the git-ignored paths a device call is told
@@ -77,14 +77,14 @@ mark() { stage_t+=("\"$1\": $(($(date +%s) - START))"); }
 # The data first: without it the GPU time would go to a run that cannot train.
 if [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
   say "ERROR: no CIFAR-10 image folder at '$DATA' (train/<class>/*.jpg and test/<class>/*.jpg)."
-  say "  Fix: cp -r ../shared/data/cifar10 data/cifar10 in the repository, then carry data/cifar10 with the device call"
+  say "  Fix: mkdir -p data && cp -r ../shared/data/cifar10 data/ in the repository, then carry data/cifar10 with the device call"
   say "  (data/ is git-ignored, so it travels only when carried), or give the folder as the 2nd argument / \$CIFAR10."
   exit 3
 fi
 N_TRAIN=$(find "$DATA/train" -type f | wc -l)
 N_TEST=$(find "$DATA/test" -type f | wc -l)
 if [ "$N_TRAIN" -eq 0 ] || [ "$N_TEST" -eq 0 ]; then
-  say "ERROR: '$DATA' has $N_TRAIN train and $N_TEST test files; copy the whole folder (cp -r ../shared/data/cifar10 data/cifar10)"
+  say "ERROR: '$DATA' has $N_TRAIN train and $N_TEST test files; copy the whole folder (mkdir -p data && cp -r ../shared/data/cifar10 data/)"
   exit 3
 fi
 

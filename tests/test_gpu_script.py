@@ -65,5 +65,5 @@ def test_gpu_script_without_data_stops_with_exit_code_3(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out), str(tmp_path / "missing")], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3
-    assert "no CIFAR-10 image folder" in proc.stdout and "cp -r ../shared/data/cifar10 data/cifar10" in proc.stdout
+    assert "no CIFAR-10 image folder" in proc.stdout and "mkdir -p data && cp -r ../shared/data/cifar10 data/" in proc.stdout
     assert not (out / "bench.json").exists()
