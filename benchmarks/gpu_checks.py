@@ -143,7 +143,10 @@ def check_sync_free_step(args, device: torch.device) -> None:
             continue
         try:
             s = _Stepper(args, device, optimizer, ddp)
-            s.step()  # the first step: cuDNN autotuning, the allocator, the epoch's permutation copy
+            # two warm-up steps: cuDNN autotuning, the allocator, the epoch's permutation copy, and DDP's bucket
+            # rebuild (in the second forward), each once per run and not per step
+            s.step()
+            s.step()
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
             try:
