@@ -181,15 +181,17 @@ class _ForcedSyncBN(nn.SyncBatchNorm):
                             dist.group.WORLD, 1)
 
 
-def _force_global_bn() -> None:
+def _forced_global_bn_class():
     """GlobalBatchNorm on its all_reduce path with 1 process (it falls back to plain BatchNorm at world size 1)."""
-    import types
+    from simclr import models
 
-    from simclr import loss, models
+    class _ForcedGlobalBN(models.GlobalBatchNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training:
+                return super().forward(x)
+            return models._GlobalBatchNormFn.apply(x, self.weight, self.bias, self.eps, self)
 
-    models.dist = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
-                                        get_world_size=lambda *a: 2)
-    models.all_reduce_with_grad = loss._AllReduceWithGrad.apply
+    return _ForcedGlobalBN
 
 
 def _convert(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
@@ -202,7 +204,12 @@ def _convert(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
                 m.__class__ = _ForcedSyncBN
         return model
     if kind == "global":
-        return convert_sync_batchnorm(model, device, impl="global")
+        model = convert_sync_batchnorm(model, device, impl="global")
+        forced = _forced_global_bn_class()
+        for m in model.modules():
+            if type(m).__name__ == "GlobalBatchNorm":
+                m.__class__ = forced
+        return model
     return model
 
 
@@ -211,7 +218,6 @@ def check_sync_bn(args, device: torch.device) -> None:
         report("sync_bn", "SKIP", "needs CUDA and a process group (run under torchrun)")
         return
     try:
-        _force_global_bn()
         # agreement of one layer, fp32: outputs and input gradients
         g = torch.Generator(device="cpu").manual_seed(1)
         x = torch.randn(256, 64, 16, 16, generator=g).to(device).contiguous(memory_format=torch.channels_last)

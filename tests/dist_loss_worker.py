@@ -24,7 +24,7 @@ def _local(x: torch.Tensor, rank: int, n: int) -> torch.Tensor:
     return x[rank * n : (rank + 1) * n].clone()
 
 
-def _gather_dropping_remote_grads(x: torch.Tensor) -> torch.Tensor:
+def gather_dropping_remote_grads(x: torch.Tensor) -> torch.Tensor:
     """The classic bug: plain all_gather, own slice put back so only the LOCAL loss sends gradient."""
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.detach().contiguous())
@@ -68,7 +68,7 @@ def main() -> None:
 
     # 4. Negative control: the same loss with a gather that drops remote gradients must disagree.
     original = loss_module.all_gather_with_grad
-    loss_module.all_gather_with_grad = _gather_dropping_remote_grads
+    loss_module.all_gather_with_grad = gather_dropping_remote_grads
     try:
         b0 = _local(inp["z0"], rank, n).requires_grad_()
         b1 = _local(inp["z1"], rank, n).requires_grad_()

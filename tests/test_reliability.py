@@ -249,3 +249,53 @@ def test_loss_is_read_every_sync_every_steps_with_the_same_result(tiny_folder, t
         else:
             assert reads == [1, 2, 3, 3, 4, 5, 6, 6]  # each step, and the epoch end
     assert losses[1] == pytest.approx(losses[4], rel=1e-6)
+
+
+def _wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not path.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished (or failed) before the test could use it: " + proc.stderr.read()[-2000:]
+    assert path.exists(), f"{path} did not appear"
+
+
+def test_one_writer_per_run_directory_and_sigkill_releases_the_lock(tiny_folder, tmp_path):
+    """A second process on a run directory in use exits 2 naming the directory and the holder's pid, and writes
+    nothing; once the holder is SIGKILLed, the kernel has released the lock and --resume succeeds."""
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(tiny_folder), "--precision", "fp32", *TINY, "--set", "train.checkpoint_every=1"]
+    holder = _cli([*args, "--epochs", "500", "--out", str(run)])
+    try:
+        _wait_for(run / "checkpoints" / "last.pt", holder)
+        before = (run / "metrics.jsonl").read_bytes()
+        for extra in (["--resume"], []):  # a second --resume, and a fresh start into the same --out
+            second = _cli([*args, "--epochs", "500", "--out", str(run), *extra])
+            out, err = second.communicate(timeout=120)
+            assert second.returncode == 2, (second.returncode, err)
+            assert str(run) in err and f"pid {holder.pid}" in err, err
+        assert holder.poll() is None  # the holder was not disturbed
+        assert (run / "metrics.jsonl").read_bytes()[: len(before)] == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    epoch = load_checkpoint(run / "checkpoints" / "last.pt")["state"]["epoch"]
+    resumed = _cli([*args, "--epochs", str(epoch + 1), "--out", str(run), "--resume"])
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    assert "resumed from" in out
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, epoch + 2))  # each epoch once
+
+
+def test_run_directory_lock_under_torchrun(tiny_folder, tmp_path):
+    """Under torchrun rank 0 takes the lock; when it is held elsewhere every rank exits 2 (none hangs waiting)."""
+    from simclr.runlock import RunLock
+
+    run = tmp_path / "busy"
+    with RunLock(run):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "simclr",
+               "pretrain", "--data", str(tiny_folder), "--out", str(run), "--epochs", "1", *TINY]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0
+    assert f"{run} is in use" in r.stderr and f"pid {os.getpid()}" in r.stderr, r.stderr[-3000:]
+    assert not (run / "checkpoints").exists() and not (run / "config.yaml").exists()

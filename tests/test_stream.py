@@ -28,12 +28,15 @@ from simclr.train import _labeled_sets, device_batches, pretrain
 VIEW_ATOL = 0.06  # normalised units; one grey level is about 0.016
 VIEW_MEAN_ATOL = 0.006
 # bf16 autocast vs fp32 (ResNet-18, 16 px, batch 24, 4 SGD steps):
-# - the same weights and views give NT-Xent losses (about 3.9) within 0.5 % of each other at every step of a run
-#   (measured: at most 0.21 % over 24 steps, 2 batch sizes, 2 seeds, 2 augmentation implementations);
+# - the same weights and views give NT-Xent losses (about 3.9) within 1 % of each other at every step of a run.
+#   bf16 keeps 8 significant bits, so each rounded activation is off by up to 2^-9 = 0.2 %; the loss sees a few such
+#   roundings' worth (measured 0.21 % at most on AMD Zen 4 over 24 steps, 2 batch sizes, 2 seeds, 2 augmentation
+#   implementations). The bound allows 5 roundings, since oneDNN's bf16 kernels (AVX512-BF16 on Zen 4, AMX on Xeon)
+#   round in different orders; a layer that loses its fp32 accumulation or a loss left in bf16 at T=0.05 goes further;
 # - a bf16 run and an fp32 run from the same initial weights over the same batches stay within 5 % at every step
 #   (measured: at most 2.5 % in the first 4 steps). They drift apart step by step because each step's rounding moves
 #   the next weights a little, which is why this bound is looser than the first.
-STEP_RTOL = 0.005
+STEP_RTOL = 0.01
 RUN_RTOL = 0.05
 
 

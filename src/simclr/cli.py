@@ -39,7 +39,7 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--seed", type=int, help="the one seed behind data order, splits and augmentation")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--batch-size", type=int, help="global batch size")
-    g.add_argument("--precision", help="auto | bf16 | fp32")
+    g.add_argument("--precision", help="auto | bf16 | fp32 | fp64 (float64 pretraining, for numerical checks)")
     g.add_argument("--strict", action="store_true", default=None, help="unreadable image files are an error, not a warning")
     g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the notebook's 8,000/42,000 split)")
     if training:

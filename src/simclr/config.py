@@ -16,11 +16,12 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 OPTIMIZERS = ("adam", "sgd", "lars")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "fp64")
 STEMS = ("auto", "cifar", "imagenet")
 SPLITS = ("standard", "seed")
 SCHEDULES = ("cosine", "constant")
@@ -106,14 +107,14 @@ class TrainConfig:
     temperature: float = 0.5
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto: bf16 autocast where it is faster (CPU, recent GPUs) | bf16 | fp32
+    precision: str = "auto"  # auto: bf16 autocast where it is faster (CPU, recent GPUs) | bf16 | fp32 | fp64 (numerical checks)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (costs a minute of compile time)
     reuse_memory: bool = True  # CPU (glibc): keep freed memory for the next step (runtime.reuse_freed_memory)
     sync_bn: bool = False  # synchronised BatchNorm across processes (global BN)
     sync_bn_impl: str = "auto"  # with sync_bn on CUDA: auto (models.CUDA_SYNC_BN) | torch (nn.SyncBatchNorm) | global
     deterministic: bool = False  # CUDA: deterministic algorithms, no cuDNN autotuning (bitwise resume; slower)
-    knn_every: int = 10  # epochs between kNN monitor evaluations (0: never; always after the last)
+    knn_every: int = 10  # epochs between kNN monitor evaluations, and after the last epoch (0: never)
     knn_k: int = 200
     knn_t: float = 0.1
     checkpoint_every: int = 500  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
@@ -399,7 +400,7 @@ def save_config(cfg: Config, path: str | os.PathLike, extra: dict[str, Any] | No
     """Write the resolved config as YAML (``extra`` keys such as the command line go first)."""
     d = dict(extra or {})
     d.update(to_dict(cfg))
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+    atomic_write_bytes(yaml.safe_dump(d, sort_keys=False).encode(), path)
 
 
 def read_config(path: str | os.PathLike) -> Config:

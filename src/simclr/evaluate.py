@@ -80,6 +80,8 @@ def extract_features(
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size].to(device, non_blocking=True)
             x = augment.eval_transform(x, image_size, mean, std).contiguous(memory_format=torch.channels_last)
+            if precision == "fp64":  # a float64 run's encoder (pretraining's kNN monitor)
+                x = x.double()
             with autocast(device, precision):
                 out.append(encoder(x).float().cpu())
     finally:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["all_gather_with_grad", "all_reduce_with_grad", "nt_xent"]
+__all__ = ["all_gather_with_grad", "nt_xent"]
 
 
 def _world_size() -> int:
@@ -55,30 +55,6 @@ class _AllGatherWithGrad(torch.autograd.Function):
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = ctx.rank * ctx.n
         return grad[start : start + ctx.n]
-
-
-class _AllReduceWithGrad(torch.autograd.Function):
-    """all_reduce(SUM) whose backward is also a sum: every process's result feeds every process's loss."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        out = x.contiguous().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad_out.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
-
-
-def all_reduce_with_grad(x: Tensor) -> Tensor:
-    """Sum of ``x`` over all processes, differentiable with the same convention as :func:`all_gather_with_grad`
-    (used by the CPU synchronised BatchNorm). Identity when not distributed."""
-    if _world_size() == 1:
-        return x
-    return _AllReduceWithGrad.apply(x)
 
 
 def all_gather_with_grad(x: Tensor) -> Tensor:

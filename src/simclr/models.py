@@ -9,7 +9,6 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import ConfigError
-from .loss import all_reduce_with_grad
 
 # name -> torchvision constructor; a plain dict registry in the timm style
 BACKBONES = {
@@ -93,12 +92,67 @@ def build_model(cfg: ModelConfig) -> SimCLR:
     return SimCLR(backbone, ProjectionHead(backbone.out_dim, list(cfg.proj_hidden), cfg.proj_dim, cfg.proj_bn))
 
 
+class _GlobalBatchNormFn(torch.autograd.Function):
+    """Batch normalisation over the batch of all processes, statistics and their gradients in float64.
+
+    Forward: per channel, the sum and the count are summed over processes, then the centred squares (two passes, so
+    nearly constant channels keep their variance). Backward is the reduced form torch's SyncBatchNorm uses: each
+    process sums ``dy`` and ``dy * x_hat`` over its rows, one all_reduce adds them up, and
+    ``dx = w / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat))`` with the means over the global batch. Every
+    reduction runs in float64: a float32 sum over the 16 x 32 x 32 values of a channel loses digits that
+    ``1 / sigma`` then amplifies, and the 1- and 2-process results drift apart (see benchmarks/ddp_numerics.py).
+    ``dy`` is the gradient of the SUM of all processes' losses (the convention of :mod:`simclr.loss`), so the
+    weight and bias gradients stay local and DDP's averaging makes them those of the global mean loss.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, module):  # type: ignore[override]
+        dims = [0] if x.dim() == 2 else [0, 2, 3]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xd = x.double()
+        local = torch.cat([xd.sum(dims), xd.new_full((1,), x.numel() / x.shape[1])])
+        dist.all_reduce(local)
+        n = local[-1]
+        mean = local[:-1] / n
+        centred = xd - mean.view(shape)
+        sq = (centred * centred).sum(dims)
+        dist.all_reduce(sq)
+        var = sq / n  # biased: BatchNorm normalises with it
+        invstd = torch.rsqrt(var + eps)
+        x_hat = centred * invstd.view(shape)
+        y = x_hat if weight is None else x_hat * weight.double().view(shape) + bias.double().view(shape)
+        if module.track_running_stats:
+            module.update_running_stats(mean, var * n / (n - 1))
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.n, ctx.dims, ctx.shape = n, dims, shape
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, weight, mean, invstd = ctx.saved_tensors
+        dims, shape = ctx.dims, ctx.shape
+        x_hat = (x.double() - mean.view(shape)) * invstd.view(shape)
+        dyd = dy.double()
+        sum_dy = dyd.sum(dims)
+        sum_dy_xhat = (dyd * x_hat).sum(dims)
+        grad_weight = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = sum_dy.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            both = torch.cat([sum_dy, sum_dy_xhat])
+            dist.all_reduce(both)
+            mean_dy, mean_dy_xhat = (both / ctx.n).chunk(2)
+            scale = invstd if weight is None else invstd * weight.double()
+            grad_x = ((dyd - mean_dy.view(shape) - x_hat * mean_dy_xhat.view(shape)) * scale.view(shape)).to(x.dtype)
+        return grad_x, grad_weight, grad_bias, None, None
+
+
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics come from the batch of ALL processes (the paper's global BN).
 
-    torch's ``nn.SyncBatchNorm`` runs on GPUs only; this one works with any backend (gloo on CPU) by summing
-    per-channel (sum, sum of squares, count) across processes with a differentiable all_reduce. Accepts
-    [B, C] or [B, C, H, W]. Outside training or without a process group it is plain BatchNorm.
+    torch's ``nn.SyncBatchNorm`` runs on GPUs only; this one works with any backend (gloo on CPU), with its
+    statistics and their gradients reduced in float64 (:class:`_GlobalBatchNormFn`). Accepts [B, C] or
+    [B, C, H, W]. Outside training or without a process group it is plain BatchNorm.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -108,27 +162,15 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        dims = [0] if x.dim() == 2 else [0, 2, 3]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
-        # Two passes (mean, then centred squares) rather than E[x^2] - mean^2: channels that are nearly constant
-        # (flat image regions) would otherwise lose their variance to cancellation, and 1/sigma amplifies that.
-        stats = all_reduce_with_grad(torch.cat([xf.sum(dims), count]))
-        n = stats[-1]
-        mean = stats[:-1] / n
-        centred = xf - mean.view(shape)
-        var = all_reduce_with_grad((centred * centred).sum(dims)) / n  # biased, as BatchNorm normalises with
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
-        y = centred * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
+        return _GlobalBatchNormFn.apply(x, self.weight, self.bias, self.eps, self)
+
+    @torch.no_grad()
+    def update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        """The running averages BatchNorm keeps for evaluation, from this step's global statistics."""
+        self.num_batches_tracked += 1
+        m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
+        self.running_var.mul_(1 - m).add_(unbiased_var.to(self.running_var.dtype), alpha=m)
 
 
 # The synchronised BatchNorm ``--sync-bn`` uses on CUDA (``train.sync_bn_impl: auto``). torch's SyncBatchNorm waits

@@ -148,8 +148,8 @@ def use_deterministic() -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """``nullcontext()`` for fp32, else a bf16 autocast context for the device type."""
-    if precision == "fp32":
+    """``nullcontext()`` for fp32 and fp64, else a bf16 autocast context for the device type."""
+    if precision in ("fp32", "fp64"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

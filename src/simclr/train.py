@@ -32,6 +32,7 @@ from .evaluate import knn_accuracy
 from .loss import nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer
+from .runlock import lock_for_training
 from .runtime import (
     Dist,
     autocast,
@@ -123,13 +124,16 @@ def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt
 def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: torch.device, precision: str,
                 channels_last: bool, temperature: float) -> torch.Tensor:
     """NT-Xent of one step, not yet read from the device: both views [b,3,H,W] in one forward [2b,3,H,W] (BatchNorm
-    sees both views, as in the paper), under ``precision`` autocast; the projections and the loss in fp32."""
+    sees both views, as in the paper), under ``precision`` autocast; the projections and the loss in fp32 (fp64 with
+    ``precision="fp64"``, where the model runs in float64)."""
     views = torch.cat([v0, v1])
+    if precision == "fp64":
+        views = views.double()
     if channels_last:
         views = views.contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
         _, z = model(views)
-    z0, z1 = z.float().chunk(2)
+    z0, z1 = z.to(torch.promote_types(z.dtype, torch.float32)).chunk(2)
     return nt_xent(z0, z1, temperature)
 
 
@@ -363,9 +367,13 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=
     ``projection_head.safetensors``, ``run.json``, TensorBoard events and ``plots/``. Returns its path.
     """
     rt = init_distributed(cfg.train.device)
+    lock = None
     try:
+        lock = lock_for_training(cfg.out, rt)  # one writer per run directory
         return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None))
     finally:
+        if lock is not None:
+            lock.release()
         if rt.distributed:
             dist.destroy_process_group()
 
@@ -403,7 +411,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
         + (f", {rt.world_size} processes" if rt.distributed else ""))
 
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model).to(device, torch.float64 if precision == "fp64" else torch.float32)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and rt.distributed:
@@ -473,7 +481,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
             "epoch_time_s": state.epoch_time,
         }
         k = cfg.train.knn_every
-        if bank is not None and ((k and done % k == 0) or done == cfg.train.epochs):
+        if bank is not None and k and (done % k == 0 or done == cfg.train.epochs):
             if rt.is_main:
                 line["knn_accuracy"] = knn_accuracy(
                     unwrap(net).backbone, bank, queries, cfg.model.image_size, cfg.augment, device, precision,
@@ -487,8 +495,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         checkpoint()
         line["checkpoint_time_s"] = time.perf_counter() - t_ckpt  # wall time of an epoch: epoch_time_s + this
         if rt.is_main:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+            # rewritten whole and atomically: a reader (evaluate, report) never sees half a line
+            atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
             if writer is not None:
                 for key in ("loss", "lr", "images_per_sec", "knn_accuracy"):
                     if key in line and math.isfinite(line[key]):
