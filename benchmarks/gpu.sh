@@ -36,7 +36,8 @@
 #   4. summary.md + summary.json (the checks first).
 #
 # Knobs (environment): BUDGET_S, CHECKS_S, PRETRAIN_S, BENCH_S, KNN_EVERY, EPOCHS (100), WORKERS (15), COMPILE=1
-# (torch.compile in the bench and the pretraining), SKIP_CHECKS=1, SKIP_BENCH=1, PYTHON (python3), DEVICE (cuda),
+# (torch.compile in the bench and the pretraining; the compilations, about a minute each, come out of the same
+# BUDGET_S, so raise it, e.g. BUDGET_S=540, for more than a few compiled epochs), SKIP_CHECKS=1, SKIP_BENCH=1, PYTHON (python3), DEVICE (cuda),
 # CHECK_ARGS / BENCH_ARGS / TRAIN_ARGS (extra flags), e.g. for a CPU smoke test of this script:
 #   DEVICE=cpu EPOCHS=1 CHECK_ARGS="--quick --batch-size 8 --image-size 8 --only api,memory" \
 #   BENCH_ARGS="--batch-size 32 --steps 1 --aug-images 64 --workers 0" \
