@@ -20,8 +20,8 @@ ARGS = ["run", "--out", "run", "--image-size", "16", "--batch-size", "12", "--ep
         "--set", "model.proj_hidden=[16]", "--set", "model.proj_dim=8", "--set", "data.n_val=6",
         "--set", "eval.knn_k=5", "--set", "eval.mlp_epochs=2", "--set", "eval.tsne_points=0",
         "--set", "eval.labels=[6,12]", "--set", "train.preview=false", "--set", "train.progress=false"]
-# Files whose contents carry wall-clock times (or the command line) by design.
-TIMED = {"pipeline.json", "run.json", "config.yaml", "metrics.json", "report.md", "report.html"}
+# Files whose contents carry wall-clock times, the command line or the holder's pid (.lock) by design.
+TIMED = {"pipeline.json", "run.json", "config.yaml", "metrics.json", "report.md", "report.html", ".lock"}
 
 
 def _run(cwd: Path, data: Path, processes: int) -> tuple[subprocess.CompletedProcess, list[str]]:
