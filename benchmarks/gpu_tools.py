@@ -48,7 +48,9 @@ def _planned_epochs(run_dir: Path) -> str:
 
 
 def summary(out_dir: Path, run_dir: Path) -> None:
-    """summary.md + summary.json: throughput ratios, seconds and kNN accuracy per epoch, final test kNN."""
+    """summary.md + summary.json: the checks, throughput ratios, seconds and kNN accuracy per epoch, final test kNN."""
+    from simclr.bench import tf32_label
+
     bench = _read_json(out_dir / "bench.json") or {}
     lines = []
     metrics_path = out_dir / "metrics.jsonl"
@@ -56,14 +58,20 @@ def summary(out_dir: Path, run_dir: Path) -> None:
         lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
     knn_test = _read_json(run_dir / "eval" / "knn" / "metrics.json")
     timing = _read_json(out_dir / "timing.json") or {}
+    checks = _read_json(out_dir / "checks.json") or []
     epochs = [x["epoch"] for x in lines]
-    secs = [x.get("epoch_time_s") for x in lines if x.get("epoch_time_s") is not None]
+    # an epoch's wall time: training (epoch_time_s) plus the checkpoint written after it (checkpoint_time_s)
+    secs = [x["epoch_time_s"] + (x.get("checkpoint_time_s") or 0.0) for x in lines if x.get("epoch_time_s") is not None]
+    ckpt = [x.get("checkpoint_time_s") for x in lines if x.get("checkpoint_time_s") is not None]
     steady = secs[1:] or secs  # the first epoch carries cuDNN/allocator warm-up
     mean_s = sum(steady) / len(steady) if steady else None
+    settings = bench.get("settings", {})
     result = {
+        "checks": checks,
         "machine": bench.get("machine"),
         "throughput": {
-            part: {k: (v.get("images_per_s", v.get("error")) if isinstance(v, dict) else v) for k, v in bench[part].items()}
+            part: {k + tf32_label(part, k, settings): (v.get("images_per_s", v.get("error")) if isinstance(v, dict) else v)
+                   for k, v in bench[part].items()}
             for part in ("augment", "step", "epoch", "ablation") if part in bench
         },
         "peak_memory_mb": {
@@ -72,18 +80,26 @@ def summary(out_dir: Path, run_dir: Path) -> None:
         },
         "pretrain": {
             "epochs_done": epochs[-1] if epochs else 0,
-            "seconds_per_epoch_mean": mean_s,
+            "seconds_per_epoch_mean": mean_s,  # checkpoint included
+            "checkpoint_seconds_mean": sum(ckpt) / len(ckpt) if ckpt else None,
             "projected_100_epochs_s": 100 * mean_s if mean_s else None,
             "images_per_s_mean": (sum(x["images_per_sec"] for x in lines[1:] or lines) / len(lines[1:] or lines)) if lines else None,
             "knn_val": {x["epoch"]: x["knn_accuracy"] for x in lines if "knn_accuracy" in x},
             "knn_test": knn_test.get("accuracy") if knn_test else None,
-            "per_epoch": [{k: x.get(k) for k in ("epoch", "epoch_time_s", "images_per_sec", "loss", "lr", "knn_accuracy")} for x in lines],
+            "per_epoch": [{k: x.get(k) for k in ("epoch", "epoch_time_s", "checkpoint_time_s", "images_per_sec", "loss", "lr",
+                                                 "knn_accuracy")} for x in lines],
         },
         "stage_seconds": timing,
     }
     (out_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
 
     md = ["# GPU benchmark summary", ""]
+    if checks:  # first: what only a GPU can answer
+        md += ["## Checks (benchmarks/gpu_checks.py)", ""]
+        md += [f"- **{c['check']}**: {c['status']} {c['detail']}" for c in checks]
+        md.append("")
+    elif (out_dir / "log.txt").is_file():
+        md += ["## Checks: no results (see log.txt)", ""]
     m = result["machine"] or {}
     md.append(f"{m.get('date', '?')}: {m.get('gpu', '?')}, {m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores), torch {m.get('torch', '?')}")
     md.append("")
@@ -96,21 +112,23 @@ def summary(out_dir: Path, run_dir: Path) -> None:
                 elif isinstance(v, dict):
                     ms = f"{v['step_ms']:.1f}" if v.get("step_ms") is not None else ""
                     mem = f"{v['peak_memory_mb']:.0f}" if v.get("peak_memory_mb") is not None else ""
-                    md.append(f"| {part} | {name} | {v['images_per_s']:,.0f} | {ms} | {mem} |")
+                    md.append(f"| {part} | {name}{tf32_label(part, name, settings)} | {v['images_per_s']:,.0f} | {ms} | {mem} |")
                 else:
                     md.append(f"| {part} | {name} | x{v:.2f} | | |")
         md.append("")
     p = result["pretrain"]
     md.append(f"cifar10_resnet18 ({_planned_epochs(run_dir)}-epoch schedule): {p['epochs_done']} epochs done; "
               + (f"{p['seconds_per_epoch_mean']:.2f} s/epoch after the first (100 epochs: {p['projected_100_epochs_s'] / 60:.1f} min)"
+                 + (f", of which {p['checkpoint_seconds_mean']:.2f} s checkpoint" if p["checkpoint_seconds_mean"] is not None else "")
                  if p["seconds_per_epoch_mean"] else "no epoch finished")
               + (f"; test kNN {p['knn_test']:.4f}" if p["knn_test"] is not None else ""))
-    md += ["", "| epoch | s | images/s | loss | kNN (val) |", "| ---: | ---: | ---: | ---: | ---: |"]
+    md += ["", "| epoch | s training | s checkpoint | images/s | loss | kNN (val) |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for x in p["per_epoch"]:
         knn = f"{x['knn_accuracy']:.4f}" if x.get("knn_accuracy") is not None else ""
-        md.append(f"| {x['epoch']} | {x.get('epoch_time_s') or 0:.2f} | {x.get('images_per_sec') or 0:,.0f} | {x.get('loss') or 0:.4f} | {knn} |")
+        md.append(f"| {x['epoch']} | {x.get('epoch_time_s') or 0:.2f} | {x.get('checkpoint_time_s') or 0:.2f} | "
+                  f"{x.get('images_per_sec') or 0:,.0f} | {x.get('loss') or 0:.4f} | {knn} |")
     (out_dir / "summary.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md[:40]))
+    print("\n".join(md[:60]))
 
 
 if __name__ == "__main__":

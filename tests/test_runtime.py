@@ -55,7 +55,7 @@ def test_reuse_freed_memory_keeps_large_blocks_and_restores_glibc_defaults():
 
 def test_pretraining_applies_the_device_settings(tiny_folder, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "configure_device", lambda device, reuse: calls.append((device.type, reuse)))
+    monkeypatch.setattr(train, "configure_device", lambda device, reuse, deterministic=False: calls.append((device.type, reuse)))
     over = {"data.name": str(tiny_folder), "model.image_size": 16, "model.proj_hidden": [16], "model.proj_dim": 8,
             "train.batch_size": 12, "train.epochs": 1, "train.knn_every": 0, "train.progress": False,
             "train.preview": False, "data.n_val": 6, "train.device": "cpu"}

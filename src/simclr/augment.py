@@ -28,6 +28,7 @@ Parameter dictionary (every tensor on the CPU, leading dimension n):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -209,13 +210,18 @@ def apply_geometric(images: Tensor, params: dict[str, Tensor], out_size: int) ->
     Returns:
         float32 [n, 3, out_size, out_size] in [0, 1], on the device of ``images``.
     """
+    crop, flip = _send_all([params["crop"], params["flip"]], images.device)
+    return _geometric(images, crop, flip, out_size)
+
+
+def _geometric(images: Tensor, crop: Tensor, flip: Tensor, out_size: int) -> Tensor:
+    """:func:`apply_geometric` with its parameters already on the device of ``images``."""
     n, c, src_h, src_w = images.shape
-    dev = images.device
-    top, left, h, w = _send(params["crop"], dev).float().unbind(dim=1)
+    top, left, h, w = crop.float().unbind(dim=1)
     rows = _axis_weights(top, h, src_h, out_size)  # [n, out, H]
     cols = _axis_weights(left, w, src_w, out_size)  # [n, out, W]
     # A flip reverses the output columns (bilinear sampling is symmetric about the box centre).
-    cols = torch.where(_send(params["flip"], dev).view(n, 1, 1), cols.flip(1), cols)
+    cols = torch.where(flip.view(n, 1, 1), cols.flip(1), cols)
     x = images.float() if images.dtype != torch.float32 else images
     y = torch.matmul(rows.unsqueeze(1), x)  # [n, c, out, W]
     y = torch.bmm(y.view(n, c * out_size, src_w), cols.transpose(1, 2))  # [n, c * out, out]
@@ -245,7 +251,8 @@ def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     )
     h6 = num / chroma.masked_fill(chroma == 0, 1.0)
     # channel = V - chroma * clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1 for R, G, B.
-    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    # arange, not torch.tensor([5., 3., 1.]): a tensor from Python data is a blocking host-to-device copy.
+    offsets = torch.arange(5.0, 0.0, -2.0, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     k = torch.remainder(h6.unsqueeze(1) + (offsets + 6.0 * shift.view(-1, 1, 1, 1)), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return ramp.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))  # V - chroma * ramp
@@ -273,19 +280,126 @@ def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     return y.view(m, c, hgt, wid)
 
 
-def _send(t: Tensor, dev: torch.device) -> Tensor:
-    """A small parameter tensor from the CPU to ``dev`` without waiting for the device.
+_ALIGN = 16  # bytes; every packed tensor starts at a multiple, so that its bytes can be viewed as its dtype
 
-    A blocking copy (``.to(dev)``) to a GPU synchronises the stream, and the parameters of one step take about
-    30 such copies per view: each would drain the GPU's queue. Non-blocking copies from pageable memory are
-    staged at once and are safe here (the source tensors are not modified afterwards).
+
+def _send_all(tensors: Sequence[Tensor], dev: torch.device) -> list[Tensor]:
+    """Small CPU tensors on ``dev`` with ONE host-to-device copy, without waiting for the device.
+
+    The parameters of one view are some 30 small tensors; one copy each from pageable memory would be 30 driver
+    calls, each staged through a bounce buffer. Here their bytes are packed into one buffer (pinned on CUDA, so the
+    copy is truly asynchronous; the caching host allocator keeps it alive until the copy is done) and the device
+    tensors are views of the one copy. On the CPU the tensors are returned as they are.
     """
-    return t.to(dev, non_blocking=True)
+    if dev.type == "cpu":
+        return list(tensors)
+    flat = [t.detach().contiguous().reshape(-1) for t in tensors]
+    sizes = [t.numel() * t.element_size() for t in flat]
+    offsets, total = [], 0
+    for size in sizes:
+        offsets.append(total)
+        total += -(-size // _ALIGN) * _ALIGN
+    buf = torch.empty(max(total, _ALIGN), dtype=torch.uint8, pin_memory=dev.type == "cuda")
+    for t, off, size in zip(flat, offsets, sizes):
+        if size:
+            buf[off : off + size].copy_(t.view(torch.uint8))
+    on_dev = buf.to(dev, non_blocking=True)
+    return [on_dev[off : off + size].view(t.dtype).view(src.shape)
+            for t, src, off, size in zip(flat, tensors, offsets, sizes)]
 
 
 def _rows(mask: Tensor) -> Tensor:
     # The parameters live on the CPU, so finding the selected rows costs no device synchronisation.
     return mask.cpu().nonzero().flatten()
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """mean and std as float32 [1, C, 1, 1] CPU tensors, made once per setting."""
+    return (torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """(1 / std, -mean / std) as float32 [1, 3, 1, 1] CPU tensors, made once per setting (not per step)."""
+    m, s = _mean_std(mean, std)
+    return 1.0 / s, -m / s
+
+
+def _plan_photometric(params: dict[str, Tensor], cfg: AugmentConfig) -> tuple[list[tuple], list[Tensor]]:
+    """The CPU half of :func:`apply_photometric`: the operations to run, in order, and the small tensors they read.
+
+    Each operation is ``(kind, i, ...)`` with indices into the tensor list, which :func:`_send_all` moves to the
+    device in one copy. Nothing here touches the images, so no device work waits for it.
+    """
+    tensors: list[Tensor] = []
+
+    def put(t: Tensor) -> int:
+        tensors.append(t)
+        return len(tensors) - 1
+
+    steps: list[tuple] = []
+    jitter = params["jitter"].cpu()
+    order = params["order"].cpu()
+    n = jitter.shape[0]
+    ones = torch.ones(n)
+    # Factor per op id; the hue slot is 1 so that the blend below is the identity for hue rows.
+    factors = torch.stack(
+        [params[k].cpu().float() for k in ("brightness", "contrast", "saturation")] + [ones], 1
+    )
+    hue = params["hue"].cpu().float()
+    for pos in range(4):  # loop over the 4 positions of the per-sample op order, not over images
+        op = order[:, pos]
+        blend = jitter & (op != _HUE)
+        if bool(blend.any()):
+            a = torch.where(blend, factors.gather(1, op.view(-1, 1)).squeeze(1), ones)
+            w_sat = torch.where(op == _SATURATION, 1.0 - a, 0.0)
+            w_con = torch.where(op == _CONTRAST, 1.0 - a, 0.0)
+            steps.append(("blend", put(a.view(-1, 1, 1, 1)), put(w_sat.view(-1, 1, 1, 1)), put(w_con.view(-1, 1, 1, 1))))
+        idx = _rows(jitter & (op == _HUE) & (hue != 0))
+        if idx.numel():
+            steps.append(("hue", put(idx), put(hue[idx])))
+    idx = _rows(params["gray"])
+    if idx.numel():
+        steps.append(("gray", put(idx)))
+    idx = _rows(params["blur"])
+    if idx.numel():
+        steps.append(("blur", put(idx), put(params["sigma"].cpu()[idx])))
+    scale, shift = _normalisation(tuple(cfg.mean), tuple(cfg.std))
+    steps.append(("normalise", put(scale), put(shift)))
+    return steps, tensors
+
+
+def _photometric(x01: Tensor, steps: list[tuple], t: list[Tensor]) -> Tensor:
+    """Run the operations of :func:`_plan_photometric` with its tensors ``t`` already on the device of ``x01``."""
+    x = x01.float()
+    owned = x is not x01  # copy before the first in-place update so the input stays untouched
+    for kind, *i in steps:
+        if kind == "blend":
+            # brightness, contrast and saturation are all torchvision's blend: clamp(a x + (1 - a) ref)
+            # with ref = 0, the mean luma of the image, or the per-pixel luma; rows with a = 1 are unchanged.
+            a, w_sat, w_con = t[i[0]], t[i[1]], t[i[2]]
+            luma = _gray(x)
+            # mul + add instead of addcmul: a broadcasting addcmul is several times slower on CPUs
+            ref = luma.mul(w_sat).add_(luma.mean(dim=(2, 3), keepdim=True) * w_con)
+            x = x.mul(a).add_(ref).clamp_(0.0, 1.0)
+            owned = True
+        elif kind == "normalise":  # (x - mean) / std as one pass: x * (1 / std) - mean / std
+            return x.mul(t[i[0]]).add_(t[i[1]])
+        else:
+            if not owned:
+                x, owned = x.clone(), True
+            idx = t[i[0]]
+            rows = x.index_select(0, idx)
+            if kind == "hue":
+                rows = _adjust_hue(rows, t[i[1]])
+            elif kind == "gray":
+                rows = _gray(rows).expand(-1, 3, -1, -1)
+            else:
+                rows = _gaussian_blur(rows, t[i[1]])
+            x.index_copy_(0, idx, rows)
+    raise AssertionError("the plan ends with the normalisation")
 
 
 def apply_photometric(x01: Tensor, params: dict[str, Tensor], cfg: AugmentConfig) -> Tensor:
@@ -299,56 +413,8 @@ def apply_photometric(x01: Tensor, params: dict[str, Tensor], cfg: AugmentConfig
     Returns:
         float32 [n, 3, H, W], normalised with ``cfg.mean`` / ``cfg.std``.
     """
-    dev = x01.device
-    x = x01.float()
-    owned = x is not x01  # copy before the first in-place update so the input stays untouched
-    n = x.shape[0]
-    jitter = params["jitter"].cpu()
-    order = params["order"].cpu()
-    ones = torch.ones(n)
-    # Factor per op id; the hue slot is 1 so that the blend below is the identity for hue rows.
-    factors = torch.stack(
-        [params[k].cpu().float() for k in ("brightness", "contrast", "saturation")] + [ones], 1
-    )
-    hue = params["hue"].cpu().float()
-    for pos in range(4):  # loop over the 4 positions of the per-sample op order, not over images
-        op = order[:, pos]
-        blend = jitter & (op != _HUE)
-        if bool(blend.any()):
-            # brightness, contrast and saturation are all torchvision's blend: clamp(a x + (1 - a) ref)
-            # with ref = 0, the mean luma of the image, or the per-pixel luma; rows with a = 1 are unchanged.
-            a = torch.where(blend, factors.gather(1, op.view(-1, 1)).squeeze(1), ones)
-            w_sat = torch.where(op == _SATURATION, 1.0 - a, 0.0)
-            w_con = torch.where(op == _CONTRAST, 1.0 - a, 0.0)
-            a, w_sat, w_con = (_send(t, dev).view(-1, 1, 1, 1) for t in (a, w_sat, w_con))
-            luma = _gray(x)
-            # mul + add instead of addcmul: a broadcasting addcmul is several times slower on CPUs
-            ref = luma.mul(w_sat).add_(luma.mean(dim=(2, 3), keepdim=True) * w_con)
-            x = x.mul(a).add_(ref).clamp_(0.0, 1.0)
-            owned = True
-        idx = _rows(jitter & (op == _HUE) & (hue != 0))
-        if idx.numel():
-            if not owned:
-                x, owned = x.clone(), True
-            idx_d = _send(idx, dev)
-            x.index_copy_(0, idx_d, _adjust_hue(x.index_select(0, idx_d), _send(hue[idx], dev)))
-    for key in ("gray", "blur"):
-        idx = _rows(params[key])
-        if not idx.numel():
-            continue
-        if not owned:
-            x, owned = x.clone(), True
-        idx_d = _send(idx, dev)
-        rows = x.index_select(0, idx_d)
-        if key == "gray":
-            rows = _gray(rows).expand(-1, 3, -1, -1)
-        else:
-            rows = _gaussian_blur(rows, _send(params["sigma"].cpu()[idx], dev))
-        x.index_copy_(0, idx_d, rows)
-    # (x - mean) / std as one pass: x * (1 / std) - mean / std
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.mul(_send(1.0 / std, dev)).add_(_send(-mean / std, dev))
+    steps, tensors = _plan_photometric(params, cfg)
+    return _photometric(x01, steps, _send_all(tensors, x01.device))
 
 
 def apply_params(images: Tensor, params: dict[str, Tensor], out_size: int, cfg: AugmentConfig) -> Tensor:
@@ -365,7 +431,10 @@ def apply_params(images: Tensor, params: dict[str, Tensor], out_size: int, cfg: 
     """
     if images.shape[0] != params["crop"].shape[0]:
         raise ValueError(f"{images.shape[0]} images but parameters for {params['crop'].shape[0]} samples")
-    return apply_photometric(apply_geometric(images, params, out_size), params, cfg)
+    # Every parameter of the view reaches the device in one copy (see _send_all).
+    steps, tensors = _plan_photometric(params, cfg)
+    crop, flip, *sent = _send_all([params["crop"], params["flip"], *tensors], images.device)
+    return _photometric(_geometric(images, crop, flip, out_size), steps, sent)
 
 
 def simclr_views(
@@ -425,8 +494,7 @@ def eval_transform(images: Tensor, out_size: int, mean: Sequence[float], std: Se
     if x.shape[-2] != out_size or x.shape[-1] != out_size:
         x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp_(0.0, 1.0)
-    m = torch.tensor(tuple(mean), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(tuple(std), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    m, s = _send_all(_mean_std(tuple(mean), tuple(std)), x.device)  # no blocking copy per batch
     return (x - m) / s
 
 

@@ -734,6 +734,8 @@ def run_bench(cfg: Config, opts: BenchOptions, log=print, on_part: Callable[[dic
             "workers": opts.workers,
             "data": source,
             "unit": "source images per second (two views each)",
+            # torch's CUDA defaults run fp32 convolutions in TF32 (cudnn.allow_tf32); rows in fp32 say so
+            "tf32": device.type == "cuda" and bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32),
         },
     }
     for part in opts.parts:
@@ -765,6 +767,14 @@ def _jsonable(x):
     return x
 
 
+def tf32_label(part: str, name: str, settings: dict) -> str:
+    """`` (TF32)`` for a row that ran fp32 math on a CUDA device where torch uses TF32 for it, else ``""``."""
+    if not settings.get("tf32") or part == "augment":
+        return ""
+    fp32 = name.startswith("fp32") or name == "baseline" or (name.startswith("ours") and settings.get("precision") == "fp32")
+    return " (TF32)" if fp32 else ""
+
+
 def format_table(result: dict) -> str:
     """A plain-text summary of :func:`run_bench`'s result."""
     m, s = result["machine"], result["settings"]
@@ -786,7 +796,8 @@ def format_table(result: dict) -> str:
             ratio = f"x{v['images_per_s'] / base:.2f}" if base and name != "baseline" else ""
             ms = f"{v['step_ms']:,.0f}" if v.get("step_ms") is not None else ""
             mem = f"{v['peak_memory_mb']:,.0f}" if v.get("peak_memory_mb") is not None else ""
-            lines.append(f"{part:<9}{name:<50}{v['images_per_s']:>12,.1f}{ms:>10}{mem:>10}{ratio:>13}")
+            label = name + tf32_label(part, name, s)
+            lines.append(f"{part:<9}{label:<50}{v['images_per_s']:>12,.1f}{ms:>10}{mem:>10}{ratio:>13}")
         if r.get("speedup_per_round"):
             lines.append(f"{part:<9}{'ours vs baseline in each round':<50}{'':>32}"
                          + ", ".join(f"x{x:.2f}" for x in r["speedup_per_round"]))

@@ -245,6 +245,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         over["eval.baselines"] = args.baselines
     cfg = load_config(args.config, over)
     result = run_pipeline(cfg, resume=args.resume, command=_command_line(), log=_log)
+    if result is None:  # a torchrun process other than rank 0: pretraining done, rank 0 evaluates and reports
+        return 0
     for name, err in result.failures:
         print(f"simclr run: warning: baseline {name} was skipped: {err}", file=sys.stderr)
     return result.failures[0][1].exit_code if result.failures else 0

@@ -114,6 +114,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (costs a minute of compile time)
     reuse_memory: bool = True  # CPU (glibc): keep freed memory for the next step (runtime.reuse_freed_memory)
     sync_bn: bool = False  # synchronised BatchNorm across processes (global BN)
+    sync_bn_impl: str = "auto"  # with sync_bn on CUDA: auto (models.CUDA_SYNC_BN) | torch (nn.SyncBatchNorm) | global
+    deterministic: bool = False  # CUDA: deterministic algorithms, no cuDNN autotuning (bitwise resume; slower)
     knn_every: int = 10  # epochs between kNN monitor evaluations, and after the last epoch (0: never)
     knn_k: int = 200
     knn_t: float = 0.1
@@ -326,6 +328,7 @@ def validate(cfg: Config) -> None:
     _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("train.sync_bn_impl", cfg.train.sync_bn_impl, ("auto", "torch", "global"))
     _choice("data.split", cfg.data.split, SPLITS)
     for p in cfg.eval.protocols:
         _choice("eval.protocols", p, PROTOCOLS)

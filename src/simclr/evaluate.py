@@ -98,22 +98,26 @@ def knn_predict(
     k: int = 200,
     t: float = 0.1,
     chunk: int = 1024,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Weighted kNN (Wu et al. 2018): cosine similarity, the top-k neighbours vote with weight ``exp(sim / t)``.
 
-    Args: train_features [N, D], train_labels [N] int64, query_features [M, D]. Returns predictions [M] int64.
+    Args: train_features [N, D], train_labels [N] int64, query_features [M, D]; ``device``: where the
+    similarities are computed (default: that of ``train_features``). Returns predictions [M] int64 on the CPU.
     """
-    bank = F.normalize(train_features.float(), dim=1)
+    device = device or train_features.device
+    bank = F.normalize(train_features.to(device).float(), dim=1)
+    train_labels = train_labels.to(device)
     k = min(k, len(bank))
     preds = []
     for i in range(0, len(query_features), chunk):
-        q = F.normalize(query_features[i : i + chunk].float(), dim=1)
+        q = F.normalize(query_features[i : i + chunk].to(device).float(), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)  # [m, k]
         weights = (sim / t).exp()
-        votes = torch.zeros(len(q), num_classes, dtype=weights.dtype)
+        votes = torch.zeros(len(q), num_classes, dtype=weights.dtype, device=device)
         votes.scatter_add_(1, train_labels[idx], weights)
         preds.append(votes.argmax(dim=1))
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
+    return torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.int64)
 
 
 def knn_accuracy(
@@ -132,7 +136,7 @@ def knn_accuracy(
     fb = extract_features(encoder, bank.images, image_size, aug.mean, aug.std, device, precision, batch_size)
     fq = extract_features(encoder, queries.images, image_size, aug.mean, aug.std, device, precision, batch_size)
     num_classes = max(len(bank.classes), int(bank.labels.max()) + 1)
-    pred = knn_predict(fb, bank.labels, fq, num_classes, k, t)
+    pred = knn_predict(fb, bank.labels, fq, num_classes, k, t, device=device)
     return float((pred == queries.labels).float().mean())
 
 
@@ -347,6 +351,7 @@ def train_head(
     seed: int = 0,
     log: Log | None = None,
     name: str = "head",
+    device: torch.device | None = None,
 ) -> HeadResult:
     """Train a :class:`FeatureHead` with Adam on frozen features; keep the epoch best on the validation split.
 
@@ -359,10 +364,12 @@ def train_head(
         select: ``val_acc`` (highest validation accuracy) or ``val_loss`` (lowest validation loss).
         patience: stop after this many epochs without a better validation score (None: never).
         seed: seeds the initialisation and the batch order.
+        device: where the head trains (default: that of ``x_train``); the returned head is on the CPU.
     """
     if len(x_val) == 0:
         raise ConfigError(f"{name}: the validation split is empty; model selection needs data.n_val > 0")
-    device = x_train.device
+    device = device or x_train.device
+    x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         mean, std = x_train.mean(0), x_train.std(0, unbiased=False)
@@ -381,7 +388,7 @@ def train_head(
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=g).to(device)
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
         for i in range(steps):
             idx = perm[i * bs : (i + 1) * bs]
             if schedule == "cosine":
@@ -393,8 +400,9 @@ def train_head(
             loss.backward()
             opt.step()
             step += 1
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == y_train[idx]).sum())
+            loss_sum += loss.detach() * len(idx)  # read once per epoch, not per step (no device sync)
+            correct += (logits.detach().argmax(1) == y_train[idx]).sum()
+        loss_sum, correct = float(loss_sum), int(correct)
         val_loss, val_acc = _loss_acc(model, x_val, y_val)
         for key, value in (("train_loss", loss_sum / n), ("train_acc", correct / n), ("val_loss", val_loss), ("val_acc", val_acc)):
             hist[key].append(value)
@@ -411,7 +419,7 @@ def train_head(
                 log(f"  {name}: early stop after epoch {epoch + 1} (no better validation loss for {patience} epochs)")
             break
     model.load_state_dict(best_state)
-    model.eval()
+    model.eval().cpu()
     return HeadResult(model, hist, best_epoch, len(hist["val_acc"]), hist["val_acc"][best_epoch - 1] if best_epoch else None)
 
 
@@ -476,7 +484,7 @@ def finetune(
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)).to(device)
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device), 0
         for it in range(steps):
             idx = perm[it * bs : (it + 1) * bs]
             params = augment.sample_params(len(idx), images.shape[-1], image_size, aug,
@@ -491,9 +499,10 @@ def finetune(
             loss.backward()
             opt.step()
             step += 1
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == labels[idx]).sum())
+            loss_sum += loss.detach() * len(idx)  # read once per epoch, not per step (no device sync)
+            correct += (logits.detach().argmax(1) == labels[idx]).sum()
             seen += len(idx)
+        loss_sum, correct = float(loss_sum), int(correct)
         val_logits = extract_features(model, val.images, image_size, mean, std, device, precision, cfg.eval.batch_size)
         val_loss = float(F.cross_entropy(val_logits, val.labels))
         val_acc = float((val_logits.argmax(1) == val.labels).float().mean())
@@ -577,16 +586,16 @@ def _run_protocol(ctx: _Context, protocol: str, n_labels: int) -> dict:
     out["train_features"], out["test_features"] = x_train, feats.test
     if protocol == "knn":
         k = ev.knn_k
-        out["pred"] = knn_predict(x_train, y_train, feats.test, C, k, ev.knn_t)
+        out["pred"] = knn_predict(x_train, y_train, feats.test, C, k, ev.knn_t, device=ctx.device)
         if len(y_val):
-            out["val_accuracy"] = float((knn_predict(x_train, y_train, feats.val, C, k, ev.knn_t) == y_val).float().mean())
+            out["val_accuracy"] = float((knn_predict(x_train, y_train, feats.val, C, k, ev.knn_t, device=ctx.device) == y_val).float().mean())
         return out
     if protocol == "linear":
         res = train_head(x_train, y_train, feats.val, y_val, C, (), ev.linear_epochs, ev.linear_lr,
-                         LINEAR_BATCH_SIZE, "cosine", "val_acc", None, cfg.train.seed, ctx.log, "linear")
+                         LINEAR_BATCH_SIZE, "cosine", "val_acc", None, cfg.train.seed, ctx.log, "linear", ctx.device)
     elif protocol == "mlp":
         res = train_head(x_train, y_train, feats.val, y_val, C, ev.mlp_hidden, ev.mlp_epochs, ev.mlp_lr,
-                         MLP_BATCH_SIZE, "constant", "val_loss", ev.patience, cfg.train.seed, ctx.log, "mlp")
+                         MLP_BATCH_SIZE, "constant", "val_loss", ev.patience, cfg.train.seed, ctx.log, "mlp", ctx.device)
     else:
         raise ConfigError(f"--protocol {protocol!r}: unknown protocol; allowed values: {', '.join(PROTOCOLS)}")
     with torch.no_grad():

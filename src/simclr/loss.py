@@ -142,10 +142,9 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = Tru
         # Global column of each anchor (view 0 block first) and of its positive (the other view).
         self_idx = torch.cat([offset + i, total + offset + i])
         pos_idx = torch.cat([total + offset + i, offset + i])
-        rows = torch.arange(2 * n, device=logits.device)
-        self_mask = torch.zeros_like(logits, dtype=torch.bool)
-        self_mask[rows, self_idx] = True
-        logits = logits.masked_fill(self_mask, float("-inf"))
+        # A scatter of a Python scalar: indexed assignment (mask[rows, cols] = True) would copy the value from the
+        # host and wait for the device.
+        logits = logits.scatter(1, self_idx.view(-1, 1), float("-inf"))
 
         # cross_entropy = logsumexp(row) - logit[positive], mean over the 2N local anchors.
         return F.cross_entropy(logits, pos_idx)

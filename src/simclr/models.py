@@ -173,15 +173,34 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         self.running_var.mul_(1 - m).add_(unbiased_var.to(self.running_var.dtype), alpha=m)
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Replace every BatchNorm with a synchronised one: torch's SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere."""
-    if device.type == "cuda":
+# The synchronised BatchNorm ``--sync-bn`` uses on CUDA (``train.sync_bn_impl: auto``). torch's SyncBatchNorm waits
+# for the host once per layer (it checks the gathered counts) and breaks torch.compile graphs; GlobalBatchNorm does
+# neither but runs more, smaller kernels. benchmarks/gpu_checks.py (stage 0 of gpu.sh) times both on a GPU; until a
+# GPU has been measured the default stays torch's.
+CUDA_SYNC_BN = "torch"
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device, impl: str = "auto") -> nn.Module:
+    """Replace every BatchNorm with a synchronised one.
+
+    ``impl``: ``torch`` (``nn.SyncBatchNorm``, CUDA only), ``global`` (:class:`GlobalBatchNorm`, any backend) or
+    ``auto``: :data:`CUDA_SYNC_BN` on CUDA, GlobalBatchNorm elsewhere.
+    """
+    if impl == "auto":
+        impl = CUDA_SYNC_BN if device.type == "cuda" else "global"
+    if impl == "torch":
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn_impl: 'torch' (nn.SyncBatchNorm) runs on CUDA only; use auto or global")
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_global_bn(module, device)
+
+
+def _to_global_bn(module: nn.Module, device: torch.device) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         out.load_state_dict(module.state_dict())
         out = out.to(device=module.weight.device if module.affine else device)
     for name, child in module.named_children():
-        out.add_module(name, convert_sync_batchnorm(child, device))
+        out.add_module(name, _to_global_bn(child, device))
     return out

@@ -25,6 +25,10 @@ def _flush_print(*args, **kwargs) -> None:
     print(*args, **kwargs, flush=True)
 
 
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
 @dataclass
 class PipelineResult:
     """What ``simclr run`` produced: the report files, the run directories and each stage's duration."""
@@ -36,16 +40,23 @@ class PipelineResult:
     failures: list[tuple[str, SimCLRError]] = field(default_factory=list)  # (baseline, error) that were skipped
 
 
-def run_pipeline(cfg: Config, resume: bool = False, command: str | None = None, log: Log = _flush_print) -> PipelineResult:
+def run_pipeline(cfg: Config, resume: bool = False, command: str | None = None, log: Log = _flush_print) -> PipelineResult | None:
     """Pretrain as configured, evaluate (``eval.protocols``; a label sweep when ``eval.labels`` is set), run
     ``eval.baselines`` under the same protocols, and write ``OUT/report/report.{md,html}``.
 
     A baseline that cannot run (for example ImageNet weights offline) is skipped with its error recorded in
     ``failures``, so the hours of pretraining still end in a report; the caller decides the exit code.
+
+    Under torchrun every process pretrains; the evaluation, the baselines and the report then run once, on rank 0,
+    and the other processes return None after pretraining (they would write the same files again).
     """
     from .report import write_report
+    from .runtime import launched_rank
     from .train import pretrain
 
+    main_process = launched_rank() == 0
+    if not main_process:
+        log = _quiet
     started = time.perf_counter()
     out = Path(cfg.out)
     stages: dict[str, float] = {}
@@ -60,6 +71,8 @@ def run_pipeline(cfg: Config, resume: bool = False, command: str | None = None, 
     t = stage("pretrain", f"pretraining SimCLR ({cfg.train.epochs} epochs) -> {out}")
     pretrain(cfg, resume=resume, command=command, log=log)
     stages["pretrain"] = time.perf_counter() - t
+    if not main_process:
+        return None
 
     t = stage("evaluate", f"evaluating the frozen encoder: {', '.join(cfg.eval.protocols)}")
     data = load_eval_data(cfg, log)  # loaded once, shared by the SimCLR run and the baselines

@@ -32,11 +32,16 @@ class Dist:
         return self.world_size > 1
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local CUDA device, else MPS, else CPU. Errors name the fix."""
+def resolve_device(name: str = "auto", local_rank: int = 0, torchrun: bool = False) -> torch.device:
+    """``auto`` -> the local CUDA device, else MPS, else CPU. Errors name the fix.
+
+    A CUDA device is made the current one (``torch.cuda.set_device``), so that kernels, cuDNN handles and NCCL
+    land on it and not on cuda:0. Under torchrun (``torchrun=True``) each process takes GPU ``LOCAL_RANK``, and an
+    explicit ``cuda:N`` is refused: every rank would get the same GPU.
+    """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return _use_cuda(torch.device("cuda", local_rank % torch.cuda.device_count()))
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -47,12 +52,25 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("train.device: 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if dev.index is not None and torchrun:
+            raise ConfigError(f"train.device: {name!r} under torchrun; each process takes the GPU of its LOCAL_RANK, "
+                              "so use --device cuda (or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"train.device: {name!r} but this machine has {count} CUDA GPU(s) (cuda:0 to "
+                              f"cuda:{count - 1}); use one of those, or --device cuda")
         if dev.index is None:
-            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+            dev = torch.device("cuda", local_rank % count)
+        return _use_cuda(dev)
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device: 'mps' was asked for but is not available; use --device cpu or auto")
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"train.device: invalid value {name!r}; allowed values: auto, cpu, cuda, cuda:N, mps")
+    return dev
+
+
+def _use_cuda(dev: torch.device) -> torch.device:
+    torch.cuda.set_device(dev)
     return dev
 
 
@@ -98,14 +116,35 @@ def reuse_freed_memory(enable: bool = True) -> bool:
     return all(mallopt(param, value) == 1 for param, value in values.items())
 
 
-def configure_device(device: torch.device, reuse_memory: bool = True) -> None:
+def configure_device(device: torch.device, reuse_memory: bool = True, deterministic: bool = False) -> None:
     """Process-wide speed settings, each measured in benchmarks/RESULTS.md: on CUDA, cuDNN times its convolution
     algorithms once per shape and keeps the fastest (steps have fixed shapes); on the CPU, freed memory is reused
-    (:func:`reuse_freed_memory`, ``train.reuse_memory``)."""
-    if device.type == "cuda":
+    (:func:`reuse_freed_memory`, ``train.reuse_memory``).
+
+    ``deterministic`` (``train.deterministic``) trades that speed for runs that repeat bitwise on CUDA (the CPU
+    path already does): :func:`use_deterministic`.
+    """
+    if deterministic:
+        use_deterministic()
+    elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    elif device.type == "cpu" and reuse_memory:
+    if device.type == "cpu" and reuse_memory:
         reuse_freed_memory(True)
+
+
+def use_deterministic() -> None:
+    """Deterministic kernels: ``torch.use_deterministic_algorithms`` (cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG``, set
+    here unless given), cuDNN without autotuning and in its deterministic mode.
+
+    ``warn_only=True``: a few backward kernels have no deterministic variant on CUDA and would otherwise stop
+    training; torch warns about each one instead (ResNet's adaptive average pooling to 1x1 is one, and it writes
+    each input gradient once, so it repeats anyway). benchmarks/gpu_checks.py checks that a resumed CUDA run
+    repeats bitwise with this setting.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def autocast(device: torch.device, precision: str):
@@ -121,16 +160,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def launched_rank() -> int:
+    """This process's global rank as torchrun set it (``RANK``), 0 outside torchrun; readable before and after the
+    process group exists."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device_name: str = "auto") -> Dist:
     """Join the process group when launched by torchrun (``RANK``/``WORLD_SIZE`` set): NCCL on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or "RANK" not in os.environ:
         return Dist(device=resolve_device(device_name))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank, torchrun=True)  # also the current CUDA device
     if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
@@ -143,6 +188,24 @@ def cleanup_distributed() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def local_main_first(rt: Dist):
+    """Run the body on each machine's local rank 0 first, then on the other processes.
+
+    For first-run data preparation (download, extraction, decoding into the cache): one process per machine does
+    it while the others wait at a barrier, then they read what it left. If the first process fails, the others
+    are released all the same and meet the same error themselves.
+    """
+    first = rt.local_rank == 0
+    if rt.distributed and not first:
+        barrier()
+    try:
+        yield
+    finally:
+        if rt.distributed and first:
+            barrier()
 
 
 def synchronize(device: torch.device) -> None:

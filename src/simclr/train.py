@@ -26,6 +26,7 @@ from .data import (
     make_splits,
     report_unreadable,
     split_labels,
+    to_device_checked,
 )
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import knn_accuracy
@@ -39,6 +40,7 @@ from .runtime import (
     barrier,
     configure_device,
     init_distributed,
+    local_main_first,
     resolve_precision,
     seed_everything,
 )
@@ -406,7 +408,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     started = time.perf_counter()
     device = rt.device
     precision = resolve_precision(cfg.train.precision, device)
-    configure_device(device, cfg.train.reuse_memory)
+    configure_device(device, cfg.train.reuse_memory, cfg.train.deterministic)
     B = cfg.train.batch_size
     if B % rt.world_size:
         raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
@@ -425,12 +427,13 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         raise ConfigError(f"{run_dir} already holds a run (checkpoints/last.pt); continue it with --resume or choose another --out")
 
     seed_everything(cfg.train.seed)
-    pre, bank, queries = _labeled_sets(cfg, cfg.train.seed, log)
+    with local_main_first(rt):  # local rank 0 downloads / decodes into the cache; the others then read it
+        pre, bank, queries = _labeled_sets(cfg, cfg.train.seed, log)
     steps_per_epoch = len(pre) // B
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
     # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
-    images = pre.images.to(device, non_blocking=True) if isinstance(pre, ImageData) else None
+    images = to_device_checked(pre.images, device) if isinstance(pre, ImageData) else None
     log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
         + (f", {rt.world_size} processes" if rt.distributed else ""))
 
@@ -438,7 +441,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and rt.distributed:
-        model = convert_sync_batchnorm(model, device)
+        model = convert_sync_batchnorm(model, device, cfg.train.sync_bn_impl)
     optimizer = build_optimizer(cfg.optim, model, B)
     state = TrainState()
     if saved is not None:
@@ -528,6 +531,11 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         state.history.append(line)
         state.epoch, state.step_in_epoch = done, 0
         state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
+        t_ckpt = time.perf_counter()
+        checkpoint()
+        line["checkpoint_time_s"] = time.perf_counter() - t_ckpt  # wall time of an epoch: epoch_time_s + this
+        if clock is not None:
+            clock.note("checkpoint", line["checkpoint_time_s"])
         if rt.is_main:
             # rewritten whole and atomically: a reader (evaluate, report) never sees half a line
             atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
@@ -541,10 +549,6 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
                 f"{plan.total_steps / steps_per_epoch:.1f} planned" if plan.planned else "(planning)")
             log(f"epoch {done}/{planned}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, "
                 f"{line['images_per_sec']:.0f} img/s{knn}")
-        checkpoint_started = time.perf_counter()
-        checkpoint()
-        if clock is not None:
-            clock.note("checkpoint", time.perf_counter() - checkpoint_started)
 
     if rt.is_main:
         finish_run(run_dir, unwrap(net), cfg, state, precision)
