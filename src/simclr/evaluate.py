@@ -139,7 +139,7 @@ def knn_accuracy(
 # ----------------------------------------------------------------------------- the trained encoder
 
 
-def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Backbone:
+def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu", backbone: nn.Module | None = None) -> Backbone:
     """The encoder a run learned, frozen and in eval mode, ready for inference.
 
     The returned :class:`~simclr.models.Backbone` carries its preprocessing: ``image_size`` (px), ``mean`` and
@@ -153,6 +153,8 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Bac
     Args:
         run_dir: a run directory holding ``config.yaml`` and ``backbone.safetensors``.
         device: where to put the encoder.
+        backbone: the module the run was pretrained with (``simclr.pretrain(cfg, backbone=module)``): a fresh
+            instance of it receives the weights; default: the registry's ``model.backbone``.
 
     Raises:
         CheckpointError: not a run directory, pretraining unfinished, or weights that do not match the config.
@@ -162,17 +164,17 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Bac
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml); pass the --out folder of "
                               "`simclr pretrain` or `simclr run`")
-    return _encoder_from(run_dir, read_config(cfg_path), torch.device(device))
+    return _encoder_from(run_dir, read_config(cfg_path), torch.device(device), backbone)
 
 
-def _encoder_from(run_dir: Path, cfg: Config, device: torch.device) -> Backbone:
+def _encoder_from(run_dir: Path, cfg: Config, device: torch.device, backbone: nn.Module | None = None) -> Backbone:
     weights = run_dir / "backbone.safetensors"
     if not weights.is_file():
         hint = (f"pretraining has not finished (the file is written at the end); continue it with "
                 f"`simclr pretrain --config {run_dir / 'config.yaml'} --resume`" if (run_dir / "checkpoints" / "last.pt").is_file()
                 else "it is written when `simclr pretrain` finishes; pass a finished run directory")
         raise CheckpointError(f"{run_dir} has no backbone.safetensors: {hint}")
-    encoder = build_backbone(cfg.model)
+    encoder = build_backbone(cfg.model, backbone)
     load_weights(encoder, weights)
     encoder.eval().requires_grad_(False).to(device)
     encoder.image_size = cfg.model.image_size
