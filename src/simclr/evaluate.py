@@ -43,6 +43,7 @@ from .config import PROTOCOLS, AugmentConfig, Config, OptimConfig, load_config, 
 from .data import ImageData, load_split, make_splits
 from .errors import CheckpointError, ConfigError, DataError
 from .models import Backbone, build_backbone
+from .neighbors import write_eval_neighbors
 from .optim import Schedule, build_optimizer, lr_at
 from .runtime import autocast, configure_device, resolve_device, resolve_precision
 
@@ -766,6 +767,7 @@ def evaluate_encoder(
         results[protocol] = metrics
         log(f"[{method}] {protocol}: test accuracy {metrics['accuracy']:.4f}, F1 (weighted) {metrics['f1_weighted']:.4f}"
             f" ({time.perf_counter() - t0:.1f} s) -> {out_dir / protocol}")
+    write_eval_neighbors(ctx.features().train, ctx.features().test, data, out_dir / "neighbors", method, device)
     return results
 
 
