@@ -412,7 +412,7 @@ def plot_neighbors(
         raise ValueError(f"plot_neighbors: match must be [{Q}, {k}], got {np.asarray(match).shape}")
     S = queries.shape[-1]
     side = 64 if S <= 64 else min(S, 128)
-    b = max(3, side // 16)  # frame width (px)
+    b = max(3, side // 10)  # frame width (px)
     cell = side + 2 * b
     gap = cell // 3  # between the query column and its neighbours
     canvas = np.full((max(Q, 1) * cell, (1 + k) * cell + gap, 3), 255, dtype=np.uint8)
