@@ -179,3 +179,19 @@ def test_your_own_module_pretrains_and_reloads(tiny_folder, tmp_path):
     x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.allclose(enc(enc.preprocess(x)), module.eval()(enc.preprocess(x)))
+
+
+def test_vit_small_preset_builds_adamw_with_embeddings_out_of_decay():
+    from simclr.optim import build_optimizer
+
+    cfg = load_config("vit_small_cifar10", {"train.device": "cpu"})
+    assert cfg.optim.name == "adamw" and cfg.optim.warmup_epochs == 40 and cfg.train.temperature == 0.2
+    model = build_model(cfg.model)
+    assert model.backbone.net.patch_embed.proj.kernel_size == (4, 4) and model.backbone.out_dim == 384
+    opt = build_optimizer(cfg.optim, model, cfg.train.batch_size)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.5e-4 * 512 / 256)
+    no_decay = {id(p) for p in opt.param_groups[1]["params"]}
+    net = model.backbone.net
+    assert id(net.cls_token) in no_decay and id(net.pos_embed) in no_decay
+    assert id(net.blocks[0].attn.qkv.weight) not in no_decay and opt.param_groups[0]["weight_decay"] == 0.1
