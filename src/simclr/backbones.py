@@ -231,7 +231,7 @@ def _torchvision_model(name: str, image_size: int, small: bool) -> nn.Module:
         kwargs.update(aux_logits=False, init_weights=True)  # one output in training mode too
     if name.startswith("maxvit"):
         kwargs["input_size"] = (image_size, image_size)
-    if name.startswith(("swin", "maxvit")) or not name.startswith("vit_"):
+    if not name.startswith("vit_"):
         try:
             return torchvision.models.get_model(name, weights=None, **kwargs)
         except (ValueError, RuntimeError, AssertionError) as e:

@@ -161,7 +161,7 @@ def neighbors_for_files(run_dir: str | Path, data: str, queries: Sequence[str], 
     """
     from . import plots
     from .data import decode_files, load_split
-    from .evaluate import _encoder_from, extract_features, run_config
+    from .evaluate import extract_features, load_encoder, run_config
     from .runtime import resolve_device, resolve_precision
 
     out = Path(out)
@@ -177,7 +177,7 @@ def neighbors_for_files(run_dir: str | Path, data: str, queries: Sequence[str], 
     cfg = run_config(run_dir, None, ov)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    encoder = _encoder_from(Path(run_dir).expanduser(), cfg, device, backbone)
+    encoder = load_encoder(run_dir, device, backbone)
     bank = load_split(cfg.data, "train", cfg.model.image_size, seed=cfg.train.seed, log=log)
     size = bank.images.shape[-1]
     qdata = decode_files(list(queries), [-1] * len(queries), [], size, log=lambda *a, **kw: None, what="queries")
