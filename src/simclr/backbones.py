@@ -147,7 +147,7 @@ class Backbone(nn.Module):
         return y.flatten(1)
 
 
-def feature_dim(net: nn.Module, image_size: int) -> int:
+def output_dim(net: nn.Module, image_size: int) -> int:
     """Output dimension of ``net`` (pooled), from one eval-mode forward pass on a blank ``image_size`` image."""
     was_training = net.training
     net.eval()
@@ -168,7 +168,7 @@ def wrap(module: nn.Module, image_size: int, name: str | None = None) -> Backbon
     if not isinstance(module, nn.Module):
         raise ConfigError(f"backbone: expected a torch.nn.Module, got {type(module).__name__}")
     try:
-        dim = feature_dim(module, image_size)
+        dim = output_dim(module, image_size)
     except Exception as e:  # the user's module: any failure is a configuration problem to report plainly
         raise ConfigError(f"backbone: your module {type(module).__name__} failed on a [1, 3, {image_size}, {image_size}] "
                           f"image ({e.__class__.__name__}: {e}); it must map [B, 3, H, W] images to [B, D] "
@@ -180,14 +180,14 @@ def custom_name(module: nn.Module) -> str:
     return CUSTOM_PREFIX + type(module).__name__
 
 
-def build(name: str, image_size: int, stem: str = "auto", feature_dim_: int | None = None) -> Backbone:
+def build(name: str, image_size: int, stem: str = "auto", feature_dim: int | None = None) -> Backbone:
     """The encoder ``name`` (random init) for ``image_size`` px images; see the module docstring for the rules.
 
     Args:
         name: a torchvision name or ``timm:NAME``.
         image_size: side (px) of the images it will see.
         stem: ``auto`` | ``cifar`` (small-image stem) | ``imagenet`` (the network as published).
-        feature_dim_: optional linear layer after pooling in place of the classifier.
+        feature_dim: optional linear layer (pooled -> feature_dim) in place of the classifier.
 
     Raises:
         ConfigError: unknown name, timm missing, ``custom:`` name, or a network that cannot take the size.
@@ -205,21 +205,17 @@ def build(name: str, image_size: int, stem: str = "auto", feature_dim_: int | No
     if small:
         _small_image_stem(net)
     try:
-        dim = feature_dim(net, image_size)
+        dim = output_dim(net, image_size)
     except Exception as e:  # shape errors from deep inside the network: say which size it refused
         raise ConfigError(f"model.backbone: {name} cannot take {image_size} px images ({e.__class__.__name__}: "
                           f"{str(e).splitlines()[0][:200]}); use a larger --image-size or another backbone") from None
-    if feature_dim_:
-        _set_module(net, classifier, nn.Linear(dim, feature_dim_))
-        dim = feature_dim_
+    if feature_dim:
+        _set_module(net, classifier, nn.Linear(dim, feature_dim))
+        dim = feature_dim
     return Backbone(net, dim, name, classifier)
 
 
 # ----------------------------------------------------------------------------- construction
-
-
-def _is_plain_vit(net: nn.Module) -> bool:
-    return type(net).__name__ == "VisionTransformer"
 
 
 def _torchvision_model(name: str, image_size: int, small: bool) -> nn.Module:
