@@ -12,7 +12,7 @@ $(BIN)/simclr: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,timm]'
 	touch $(BIN)/simclr
 
 setup: $(BIN)/simclr

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from simclr.config import OptimConfig
 from simclr.models import ProjectionHead
@@ -44,12 +45,12 @@ def test_no_decay_on_bn_and_bias():
     assert len(decay["params"]) + len(no_decay["params"]) == n
 
 
-@pytest.mark.parametrize("name", ["adam", "sgd", "lars"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "lars"])
 def test_optimizers_reduce_a_loss(name):
     torch.manual_seed(0)
     model = ProjectionHead(8, [16], 1, batch_norm=False)
     x, y = torch.randn(64, 8), torch.randn(64, 1)
-    lr = {"adam": 1e-2, "sgd": 0.05, "lars": 0.5}[name]
+    lr = {"adam": 1e-2, "adamw": 1e-2, "sgd": 0.05, "lars": 0.5}[name]
     opt = build_optimizer(OptimConfig(name=name, lr=lr, scale_lr=False, weight_decay=0.0, lars_eta=0.05), model, 256)
     first = None
     for _ in range(50):
@@ -126,3 +127,23 @@ def test_fused_and_foreach_updates_agree(name):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="impl"):
         build_optimizer(cfg, model, 256, impl="fast")
+
+
+def test_no_decay_on_norms_biases_and_vit_embeddings():
+    """LayerNorm / GroupNorm / BatchNorm parameters, biases and a ViT's class token and position embedding are
+    left out of weight decay; every other tensor is decayed; each parameter is in exactly one group."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = nn.Sequential(
+        VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16),
+        nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.BatchNorm2d(4),
+    )
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"0.class_token", "0.encoder.pos_embedding", "2.weight", "3.weight", "1.bias"} <= skipped
+    assert all(n.endswith("bias") or "ln" in n or n in ("0.class_token", "0.encoder.pos_embedding", "2.weight", "3.weight")
+               for n in skipped)
+    assert "0.conv_proj.weight" in decayed and "1.weight" in decayed
+    assert not skipped & decayed and len(skipped) + len(decayed) == len(names)

@@ -108,3 +108,24 @@ def test_plot_label_efficiency(tmp_path):
                "Random init": [(1000, 0.30), (100, 0.2), (6500, 0.41)]}
     assert_png(plots.plot_label_efficiency(results, tmp_path / "le.png"), tmp_path / "le.png")
     assert_png(plots.plot_label_efficiency({}, tmp_path / "none.png"), tmp_path / "none.png")
+
+
+@pytest.mark.parametrize("epochs", [[2], [1, 2, 3], [10, 20]])
+def test_epoch_axis_has_whole_number_ticks(epochs):
+    """A kNN or loss curve with one point spans one epoch either side (not 1.9 to 2.1), ticks are integers."""
+    fig = plots._figure(4, 3)
+    ax = fig.add_subplot()
+    ax.plot(epochs, [0.5] * len(epochs), marker="o")
+    plots._epoch_axis(ax, epochs)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    if len(epochs) == 1:
+        assert (lo, hi) == (epochs[0] - 1, epochs[0] + 1)
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert epochs[0] in ticks or len(epochs) > 1
+
+
+def test_plot_knn_single_point(tmp_path):
+    path = tmp_path / "knn.png"
+    assert_png(plots.plot_knn([2], [0.41], path), path)

@@ -228,3 +228,13 @@ def test_unfinished_run_is_marked(tmp_path):
     write_json(run / "run.json", meta | {"finished": False})
     md_path, _ = report.write_report([run], tmp_path / "out")
     assert {r["Method"] for r in md_table(md_path.read_text())} == {"SimCLR (unfinished)"}
+
+
+def test_results_table_leads_with_method_protocol_accuracy_f1(tmp_path, runs):
+    assert report.COLUMNS[:4] == ("Method", "Protocol", "Test accuracy", "Test F1 (weighted)")
+    md, html_path = report.write_report(runs, tmp_path / "out")
+    first = md_table(md.read_text())[0]
+    assert list(first)[:4] == ["Method", "Protocol", "Test accuracy", "Test F1 (weighted)"]
+    assert first["Test accuracy"] == "83.20 %" and first["Protocol"] == "knn"
+    css = html_path.read_text()
+    assert "align-items:start" in css  # gallery cards keep their own height

@@ -6,8 +6,9 @@ it exactly like a SimCLR run:
 
 - ``random``: the SimCLR architecture with random weights, evaluated under the same protocols: what the
   architecture and the protocol give without any learning.
-- ``imagenet``: torchvision's ImageNet-supervised ResNet (``ResNet18_Weights.IMAGENET1K_V1``) as a frozen
-  feature extractor, ImageNet normalisation and 224 px input; the notebook project's baseline.
+- ``imagenet``: torchvision's ImageNet-supervised weights of ``model.backbone`` (``IMAGENET1K_V1``, e.g.
+  ``ResNet18_Weights.IMAGENET1K_V1``, else the model's default weights) as a frozen feature extractor, ImageNet
+  normalisation and 224 px input; the notebook project's baseline.
 - ``scratch``: the SimCLR architecture trained end to end from random weights on the same labeled images
   (protocol ``finetune``): the honest reference for what pretraining buys when labels are scarce.
 """
@@ -27,16 +28,16 @@ import torchvision
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .backbones import Backbone, build
 from .checkpoint import atomic_write_bytes, load_state_checked, save_weights
 from .config import Config, save_config
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_run
-from .models import Backbone, build_backbone
+from .models import build_backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_SIZE = 224  # input side (px) the ImageNet weights were trained at
-_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
 METHODS = {"random": "Random init", "imagenet": "ImageNet supervised", "scratch": "Supervised from scratch"}
 
 Log = Callable[..., None]
@@ -46,9 +47,14 @@ Log = Callable[..., None]
 
 
 def _imagenet_enum(backbone: str):
-    if backbone not in _WEIGHTS:
-        raise ConfigError(f"model.backbone: no ImageNet weights for {backbone!r}; allowed values: {', '.join(_WEIGHTS)}")
-    return getattr(torchvision.models, _WEIGHTS[backbone]).IMAGENET1K_V1
+    """torchvision's ImageNet weights for ``backbone``: ``IMAGENET1K_V1`` where it exists (the weights the ResNet
+    baselines always used), else the model's default weights."""
+    try:
+        enum = torchvision.models.get_model_weights(backbone)
+    except (ValueError, KeyError):
+        raise ConfigError(f"model.backbone: torchvision has no ImageNet weights for {backbone!r}; the imagenet "
+                          "baseline takes a torchvision name (timm and custom backbones: pass --weights PATH)") from None
+    return getattr(enum, "IMAGENET1K_V1", None) or enum.DEFAULT
 
 
 def imagenet_weights_file(backbone: str = "resnet18") -> Path:
@@ -129,21 +135,36 @@ def backbone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def backbone_from_state(name: str, state: dict[str, torch.Tensor], source: str) -> tuple[Backbone, bool]:
-    """A Backbone holding ``state`` (see :func:`backbone_state`); the stem is read from ``conv1``'s kernel.
+    """A Backbone ``name`` (from the registry) holding ``state`` (see :func:`backbone_state`).
+
+    For the ResNet family the stem is read from ``conv1``'s kernel (3x3: CIFAR stem); other networks are built as
+    published. The classifier of a torchvision-format state dict is dropped; a simclr export's feature layer
+    (``model.feature_dim``) is kept.
 
     Returns:
         ``(backbone, cifar_stem)``.
     """
+    ours = any(k.startswith(("net.", "backbone.")) for k in state)
     state = backbone_state(state)
     conv = state.get("net.conv1.weight")
-    if conv is None or conv.ndim != 4:
-        raise CheckpointError(f"{source} is not a ResNet state dict (no conv1.weight); expected torchvision's "
-                              f"{name} format or a backbone.safetensors written by simclr")
-    cifar_stem = conv.shape[-1] == 3
-    fc = state.get("net.fc.weight")
-    encoder = Backbone(name, cifar_stem, int(fc.shape[0]) if fc is not None else None)
+    cifar_stem = conv is not None and conv.ndim == 4 and conv.shape[-1] == 3
+    probe = build(name, 32 if cifar_stem else IMAGENET_SIZE, "cifar" if cifar_stem else "imagenet")
+    head = f"net.{probe.classifier}." if probe.classifier else None
+    weight = state.get(f"{head}weight") if head else None
+    if head and not ours:  # torchvision's classifier (its ``fc`` went in backbone_state already)
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+    encoder = probe
+    if ours and weight is not None and weight.ndim == 2:  # an export with a linear feature layer
+        encoder = build(name, 32 if cifar_stem else IMAGENET_SIZE, "cifar" if cifar_stem else "imagenet", int(weight.shape[0]))
     load_state_checked(encoder, state, source)
     return encoder, cifar_stem
+
+
+def _feature_layer(encoder: Backbone) -> int | None:
+    """``model.feature_dim`` of an encoder: its out_dim when its classifier slot holds a linear layer."""
+    if not encoder.classifier:
+        return None
+    return encoder.out_dim if isinstance(encoder.net.get_submodule(encoder.classifier), torch.nn.Linear) else None
 
 
 # ----------------------------------------------------------------------------- baseline run directories
@@ -233,7 +254,7 @@ def supervised(cfg: Config, weights: str = "imagenet", protocols: Sequence[str] 
     encoder, cifar_stem = backbone_from_state(cfg.model.backbone, state, source)
     scfg = _derived(cfg, out, method)
     scfg.model.stem = "cifar" if cifar_stem else "imagenet"
-    scfg.model.feature_dim = encoder.out_dim if isinstance(encoder.net.fc, torch.nn.Linear) else None
+    scfg.model.feature_dim = _feature_layer(encoder)
     if not cifar_stem:
         scfg.model.image_size = image_size or IMAGENET_SIZE
         scfg.augment.mean, scfg.augment.std = IMAGENET_MEAN, IMAGENET_STD

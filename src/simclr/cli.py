@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import shlex
 import sys
 from pathlib import Path
@@ -16,6 +17,10 @@ DESCRIPTION = """SimCLR: self-supervised pretraining of image encoders, evaluati
 Start with:  simclr run --config quickstart            (pretrain + evaluate + report, CIFAR-10)
              simclr pretrain --config quickstart --data path/to/images
 """
+
+
+BACKBONE_HELP = ("any torchvision classification model (resnet18, mobilenet_v3_small, efficientnet_b0, convnext_tiny, "
+                 "vit_b_16, ...) or timm:NAME; `simclr backbones [PATTERN]` lists them")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -47,9 +52,9 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
         g.add_argument("--budget", metavar="DURATION",
                        help="pretraining time (6m, 90s, 2h, 1h30m): the run measures its speed and plans the steps and the "
                             "learning-rate schedule to end then; replaces --epochs (giving both is an error)")
-        g.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
+        g.add_argument("--backbone", help=BACKBONE_HELP)
         g.add_argument("--image-size", type=int, help="side in pixels of the images fed to the encoder")
-        g.add_argument("--optimizer", help="adam | sgd | lars")
+        g.add_argument("--optimizer", help="adam | adamw | sgd | lars")
         g.add_argument("--lr", type=float, help="base learning rate (per 256 images when optim.scale_lr is true)")
         g.add_argument("--temperature", type=float, help="NT-Xent temperature")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. --set optim.weight_decay=1e-4 (repeatable)")
@@ -261,6 +266,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from . import backbones
+
+    names = backbones.available(args.pattern)
+    if not names:
+        close = difflib.get_close_matches(args.pattern or "", backbones.available(), n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ConfigError(f"no backbone matches {args.pattern!r}{hint}")
+    print("\n".join(names))
+    try:
+        backbones.timm_names()
+    except ConfigError:
+        print(f"({len(names)} torchvision models; {backbones.TIMM_EXTRA})", file=sys.stderr)
+    return 0
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from .neighbors import neighbors_for_files
+
+    over = _eval_overrides(args)
+    data = over.pop("data.name", None)
+    if not data:
+        raise ConfigError("--data: give the image folder (or dataset name) to search")
+    if not args.out:
+        raise ConfigError("--out: give the PNG file to write, e.g. --out neighbours.png")
+    neighbors_for_files(args.run, data, args.query, args.out, k=args.k, overrides=over, log=_log)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="simclr", description=DESCRIPTION, epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -327,7 +361,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help=labels_help)
     _common(p, training=False)
     p.add_argument("--epochs", dest="head_epochs", type=int, help="epochs of the trained heads / of training from scratch")
-    p.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
+    p.add_argument("--backbone", help="a torchvision model name with ImageNet weights (resnet18, ...)")
     p.add_argument("--image-size", type=int, help="input side in pixels (if omitted: 224 for ImageNet weights)")
     p.set_defaults(func=cmd_supervised)
 
@@ -354,6 +388,24 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="all", choices=("all", "train", "test"), help="which images of DATA")
     _common(p, training=False)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("backbones", help="list the backbone names --backbone accepts (torchvision, timm:NAME)",
+                       description="Every torchvision classification model, and every timm model as timm:NAME when "
+                       "timm is installed (pip install 'simclr[timm]'). PATTERN: shell wildcards (mobilenet*) or a "
+                       "substring.", epilog=EXIT_CODES_HELP, formatter_class=_Formatter)
+    p.add_argument("pattern", nargs="?", metavar="PATTERN", help="e.g. resnet, 'timm:vit_small*'")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("neighbors", help="picture: the nearest images of a collection to your query images",
+                       description="For each query image, the K most similar images of DATA (exact cosine similarity of "
+                       "the run's frozen features, computed and searched in chunks on the run's device) as a PNG, and "
+                       "their paths and similarities in a .json beside it (--out: the PNG file).", epilog=EXIT_CODES_HELP,
+                       formatter_class=_Formatter)
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--query", required=True, nargs="+", metavar="IMG", help="query image files")
+    p.add_argument("-k", "--k", type=int, default=8, help="neighbours per query")
+    _common(p, training=False)
+    p.set_defaults(func=cmd_neighbors)
     return parser
 
 

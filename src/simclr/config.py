@@ -20,8 +20,7 @@ from .budget import parse_duration
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
-OPTIMIZERS = ("adam", "sgd", "lars")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
 PRECISIONS = ("auto", "bf16", "fp32", "fp64")
 STEMS = ("auto", "cifar", "imagenet")
 SPLITS = ("standard", "seed")
@@ -78,8 +77,8 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"
-    stem: str = "auto"  # auto: CIFAR stem (3x3 conv, no max-pool) for images of 64 px or less
+    backbone: str = "resnet18"  # a torchvision model name or timm:NAME (`simclr backbones` lists them)
+    stem: str = "auto"  # auto: small-image stem (ResNets: 3x3 conv, no max-pool) at 64 px or less; see backbones.py
     image_size: int = 32  # side (px) of the views fed to the encoder
     feature_dim: int | None = None  # optional linear layer after pooling (notebook: 256)
     proj_hidden: list[int] = field(default_factory=lambda: [512])  # hidden widths of the projection MLP
@@ -89,7 +88,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # adam | sgd (Nesterov momentum) | lars
+    name: str = "sgd"  # adam | adamw (decoupled weight decay) | sgd (Nesterov momentum) | lars
     lr: float = 0.06  # base learning rate; per 256 images when scale_lr is true
     scale_lr: bool = True  # lr = base lr * batch_size / 256
     momentum: float = 0.9
@@ -323,7 +322,9 @@ def _positive(key: str, value: float | int, minimum: float = 0, strict: bool = T
 
 def validate(cfg: Config) -> None:
     """Reject invalid values before any work starts (raises ConfigError, exit code 2)."""
-    _choice("model.backbone", cfg.model.backbone, BACKBONES)
+    from .backbones import check_name  # torchvision's (and timm's) model lists, read on first use
+
+    check_name(cfg.model.backbone)
     _choice("model.stem", cfg.model.stem, STEMS)
     _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)

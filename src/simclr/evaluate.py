@@ -43,6 +43,7 @@ from .config import PROTOCOLS, AugmentConfig, Config, OptimConfig, load_config, 
 from .data import ImageData, load_split, make_splits
 from .errors import CheckpointError, ConfigError, DataError
 from .models import Backbone, build_backbone
+from .neighbors import write_eval_neighbors
 from .optim import Schedule, build_optimizer, lr_at
 from .runtime import autocast, configure_device, resolve_device, resolve_precision
 
@@ -143,7 +144,7 @@ def knn_accuracy(
 # ----------------------------------------------------------------------------- the trained encoder
 
 
-def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Backbone:
+def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu", backbone: nn.Module | None = None) -> Backbone:
     """The encoder a run learned, frozen and in eval mode, ready for inference.
 
     The returned :class:`~simclr.models.Backbone` carries its preprocessing: ``image_size`` (px), ``mean`` and
@@ -157,6 +158,8 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Bac
     Args:
         run_dir: a run directory holding ``config.yaml`` and ``backbone.safetensors``.
         device: where to put the encoder.
+        backbone: the module the run was pretrained with (``simclr.pretrain(cfg, backbone=module)``): a fresh
+            instance of it receives the weights; default: the registry's ``model.backbone``.
 
     Raises:
         CheckpointError: not a run directory, pretraining unfinished, or weights that do not match the config.
@@ -166,17 +169,17 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Bac
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml); pass the --out folder of "
                               "`simclr pretrain` or `simclr run`")
-    return _encoder_from(run_dir, read_config(cfg_path), torch.device(device))
+    return _encoder_from(run_dir, read_config(cfg_path), torch.device(device), backbone)
 
 
-def _encoder_from(run_dir: Path, cfg: Config, device: torch.device) -> Backbone:
+def _encoder_from(run_dir: Path, cfg: Config, device: torch.device, backbone: nn.Module | None = None) -> Backbone:
     weights = run_dir / "backbone.safetensors"
     if not weights.is_file():
         hint = (f"pretraining has not finished (the file is written at the end); continue it with "
                 f"`simclr pretrain --config {run_dir / 'config.yaml'} --resume`" if (run_dir / "checkpoints" / "last.pt").is_file()
                 else "it is written when `simclr pretrain` finishes; pass a finished run directory")
         raise CheckpointError(f"{run_dir} has no backbone.safetensors: {hint}")
-    encoder = build_backbone(cfg.model)
+    encoder = build_backbone(cfg.model, backbone)
     load_weights(encoder, weights)
     encoder.eval().requires_grad_(False).to(device)
     encoder.image_size = cfg.model.image_size
@@ -773,6 +776,7 @@ def evaluate_encoder(
         results[protocol] = metrics
         log(f"[{method}] {protocol}: test accuracy {metrics['accuracy']:.4f}, F1 (weighted) {metrics['f1_weighted']:.4f}"
             f" ({time.perf_counter() - t0:.1f} s) -> {out_dir / protocol}")
+    write_eval_neighbors(ctx.features().train, ctx.features().test, data, out_dir / "neighbors", method, device)
     return results
 
 

@@ -1,51 +1,18 @@
-"""Backbones (torchvision ResNets with an optional CIFAR stem), the projection head and the SimCLR module."""
+"""The projection head and the SimCLR module; encoders come from the registry in :mod:`simclr.backbones`."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torchvision
 from torch import nn
 
+from .backbones import Backbone, build, use_cifar_stem, wrap
 from .config import ModelConfig
-from .errors import ConfigError
 
-# name -> torchvision constructor; a plain dict registry in the timm style
-BACKBONES = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-}
-
-
-def use_cifar_stem(stem: str, image_size: int) -> bool:
-    """``auto`` picks the CIFAR stem (3x3 conv, stride 1, no max-pool) for images of 64 px or less."""
-    return stem == "cifar" or (stem == "auto" and image_size <= 64)
-
-
-class Backbone(nn.Module):
-    """A ResNet whose output is the pooled feature vector (optionally followed by a linear layer).
-
-    Input ``[B, 3, H, W]`` normalised images; output ``[B, out_dim]``.
-    """
-
-    def __init__(self, name: str = "resnet18", cifar_stem: bool = True, feature_dim: int | None = None):
-        super().__init__()
-        if name not in BACKBONES:
-            raise ConfigError(f"model.backbone: unknown backbone {name!r}; allowed values: {', '.join(BACKBONES)}")
-        net = BACKBONES[name](weights=None)
-        if cifar_stem:
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            net.maxpool = nn.Identity()
-        pooled = net.fc.in_features
-        # The notebook project ends the backbone in a linear layer (512 -> 256); the standard recipe does not.
-        net.fc = nn.Linear(pooled, feature_dim) if feature_dim else nn.Identity()
-        self.net = net
-        self.name = name
-        self.out_dim = feature_dim or pooled
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+__all__ = [
+    "Backbone", "GlobalBatchNorm", "ProjectionHead", "SimCLR", "build_backbone", "build_model", "convert_sync_batchnorm",
+    "use_cifar_stem",
+]
 
 
 class ProjectionHead(nn.Module):
@@ -82,14 +49,19 @@ class SimCLR(nn.Module):
         return h, self.head(h)
 
 
-def build_backbone(cfg: ModelConfig) -> Backbone:
-    return Backbone(cfg.backbone, use_cifar_stem(cfg.stem, cfg.image_size), cfg.feature_dim)
+def build_backbone(cfg: ModelConfig, module: nn.Module | None = None) -> Backbone:
+    """The encoder named by ``cfg.backbone`` (random init) for ``cfg.image_size`` px images, or ``module`` (your
+    own network) wrapped as a :class:`~simclr.backbones.Backbone`."""
+    if module is not None:
+        return wrap(module, cfg.image_size)
+    return build(cfg.backbone, cfg.image_size, cfg.stem, cfg.feature_dim)
 
 
-def build_model(cfg: ModelConfig) -> SimCLR:
-    """The SimCLR module described by ``cfg`` (random init)."""
-    backbone = build_backbone(cfg)
-    return SimCLR(backbone, ProjectionHead(backbone.out_dim, list(cfg.proj_hidden), cfg.proj_dim, cfg.proj_bn))
+def build_model(cfg: ModelConfig, backbone: nn.Module | None = None) -> SimCLR:
+    """The SimCLR module described by ``cfg`` (random init), around ``backbone`` when one is given (your own
+    module: it maps ``[B, 3, H, W]`` to ``[B, D]``, its D found by a forward pass)."""
+    encoder = build_backbone(cfg, backbone)
+    return SimCLR(encoder, ProjectionHead(encoder.out_dim, list(cfg.proj_hidden), cfg.proj_dim, cfg.proj_bn))
 
 
 class _GlobalBatchNormFn(torch.autograd.Function):

@@ -1,4 +1,4 @@
-"""Optimizers (Adam, Nesterov SGD, LARS), parameter groups and the warmup + cosine schedule."""
+"""Optimizers (Adam, AdamW, Nesterov SGD, LARS), parameter groups and the warmup + cosine schedule."""
 
 from __future__ import annotations
 
@@ -9,14 +9,37 @@ from torch import nn
 
 from .config import OptimConfig
 
+# Normalisation layers (BatchNorm, InstanceNorm, LayerNorm incl. LayerNorm2d subclasses, GroupNorm, RMSNorm).
+NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+# Transformer embeddings that DeiT / MoCo v3 / timm exclude from weight decay (timm's ``no_weight_decay()``).
+NO_DECAY_NAMES = ("pos_embed", "pos_embedding", "cls_token", "class_token", "dist_token", "reg_token",
+                  "absolute_pos_embed", "relative_position_bias_table")
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with decay; BatchNorm parameters and biases (1-d tensors) without decay or LARS
-    adaptation, as in Chen et al. 2020 and You et al. 2017."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+    """Two groups: weights with decay; normalisation parameters, biases and transformer position / class-token
+    embeddings without decay or LARS adaptation, as in Chen et al. 2020 and You et al. 2017 (and Touvron et al.
+    2021 for the embeddings).
+
+    The no-decay group is found by module type and parameter name, so it is right for every backbone: any
+    1-d tensor, any parameter of a normalisation layer, any ``bias``, the names in ``NO_DECAY_NAMES`` and what a
+    timm module lists in ``no_weight_decay()``.
+    """
+    skip: set[str] = set()
+    for prefix, module in model.named_modules():
+        if callable(getattr(module, "no_weight_decay", None)):
+            skip |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
+    decay, no_decay, seen = [], [], set()
+    for prefix, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{prefix}.{name}" if prefix else name
+            exempt = (p.ndim <= 1 or isinstance(module, NORM_LAYERS) or name == "bias" or name in NO_DECAY_NAMES
+                      or full in skip)
+            (no_decay if exempt else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
         {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
@@ -87,6 +110,9 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, batch_size: int, impl: s
     if cfg.name == "adam":
         # Adam's L2 decay acts through the gradient (torch.optim.Adam semantics, as in the notebook project).
         make = lambda **kw: torch.optim.Adam(groups, lr=lr, **kw)  # noqa: E731
+    elif cfg.name == "adamw":
+        # Decoupled weight decay (Loshchilov & Hutter 2019), the ViT / ConvNeXt recipe (DeiT, MoCo v3).
+        make = lambda **kw: torch.optim.AdamW(groups, lr=lr, **kw)  # noqa: E731
     else:
         make = lambda **kw: torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **kw)  # noqa: E731
     if impl == "foreach":

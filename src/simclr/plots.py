@@ -26,6 +26,7 @@ __all__ = [
     "plot_knn",
     "plot_label_efficiency",
     "plot_loss",
+    "plot_neighbors",
     "plot_tsne",
 ]
 
@@ -77,6 +78,14 @@ def _class_colors(n: int) -> list:
     return [cmap(x) for x in np.linspace(0.05, 0.95, n)]
 
 
+def _epoch_axis(ax, epochs: Sequence[int]) -> None:
+    """Whole-number epoch ticks; a single epoch gets one epoch of room either side (not 1.9 to 2.1)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    values = [float(e) for e in epochs]
+    if values and min(values) == max(values):
+        ax.set_xlim(values[0] - 1, values[0] + 1)
+
+
 def plot_loss(
     epochs: Sequence[int], losses: Sequence[float], path: str | os.PathLike, title: str = "Contrastive loss"
 ) -> Path:
@@ -97,7 +106,7 @@ def plot_loss(
     ax = fig.add_subplot()
     if len(epochs):
         ax.plot(list(epochs), np.asarray(losses, dtype=float), marker=_marker(len(epochs)), color="C0")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        _epoch_axis(ax, epochs)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
@@ -125,6 +134,7 @@ def plot_knn(epochs: Sequence[int], accs: Sequence[float], path: str | os.PathLi
     if len(epochs):
         pct = _percent(accs)
         ax.plot(list(epochs), pct, marker=_marker(len(epochs)), color="C2")
+        _epoch_axis(ax, epochs)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=0))
         ax.set_xlabel("epoch")
         ax.set_ylabel("kNN accuracy")
@@ -349,4 +359,97 @@ def plot_label_efficiency(results: dict[str, Sequence[tuple[int, float]]], path:
     else:
         _no_data(ax)
     ax.set_title("Label efficiency")
+    return _save(fig, path)
+
+
+_MATCH = (44, 160, 44)  # green: the neighbour's class is the query's
+_MISMATCH = (214, 39, 40)  # red
+_NEUTRAL = (190, 190, 190)  # no labels to compare
+_QUERY = (40, 40, 40)
+
+
+def _tile(image: np.ndarray, side: int) -> np.ndarray:
+    """uint8 ``[3, S, S]`` -> ``[side, side, 3]``: whole-pixel enlargement for small images (no blur), else resampled."""
+    from PIL import Image
+
+    hwc = np.ascontiguousarray(np.transpose(np.asarray(image, dtype=np.uint8), (1, 2, 0)))
+    if hwc.shape[0] == side and hwc.shape[1] == side:
+        return hwc
+    up = hwc.shape[0] < side
+    resample = Image.Resampling.NEAREST if up else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(hwc).resize((side, side), resample))
+
+
+def plot_neighbors(
+    queries: np.ndarray,
+    neighbors: np.ndarray,
+    path: str | os.PathLike,
+    match: np.ndarray | None = None,
+    query_names: Sequence[str] | None = None,
+    neighbor_names: Sequence[Sequence[str]] | None = None,
+    title: str = "Nearest neighbours",
+) -> Path:
+    """Each query (left, dark frame) and its nearest neighbours in order, one row per query.
+
+    Args:
+        queries: uint8 ``[Q, 3, S, S]``.
+        neighbors: uint8 ``[Q, k, 3, S, S]``, most similar first.
+        path: PNG file to write.
+        match: bool ``[Q, k]``: frame each neighbour green (its class is the query's) or red; None: grey frames.
+        query_names: one label per row (class name or file name), shown left of the row.
+        neighbor_names: ``[Q][k]`` labels shown under each neighbour (only when ``match`` is None).
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    queries, neighbors = np.asarray(queries), np.asarray(neighbors)
+    if queries.ndim != 4 or neighbors.ndim != 5 or len(queries) != len(neighbors):
+        raise ValueError(f"plot_neighbors: queries [Q,3,S,S] and neighbours [Q,k,3,S,S] expected, got "
+                         f"{queries.shape} and {neighbors.shape}")
+    Q, k = neighbors.shape[:2]
+    if match is not None and np.asarray(match).shape != (Q, k):
+        raise ValueError(f"plot_neighbors: match must be [{Q}, {k}], got {np.asarray(match).shape}")
+    S = queries.shape[-1]
+    side = 64 if S <= 64 else min(S, 128)
+    b = max(3, side // 10)  # frame width (px)
+    cell = side + 2 * b
+    gap = cell // 3  # between the query column and its neighbours
+    canvas = np.full((max(Q, 1) * cell, (1 + k) * cell + gap, 3), 255, dtype=np.uint8)
+    for r in range(Q):
+        y = r * cell
+        canvas[y : y + cell, 0:cell] = _QUERY
+        canvas[y + b : y + b + side, b : b + side] = _tile(queries[r], side)
+        for j in range(k):
+            x = (1 + j) * cell + gap
+            color = _NEUTRAL if match is None else (_MATCH if match[r][j] else _MISMATCH)
+            canvas[y + 1 : y + cell - 1, x + 1 : x + cell - 1] = color
+            canvas[y + b : y + b + side, x + b : x + b + side] = _tile(neighbors[r, j], side)
+    label_w = 1.3 if query_names else 0.2
+    scale = 1.0 / DPI
+    fig = _figure(canvas.shape[1] * scale + label_w, canvas.shape[0] * scale + 0.7)
+    ax = fig.add_subplot()
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([cell / 2] + [(1 + j) * cell + gap + cell / 2 for j in range(k)])
+    ax.set_xticklabels(["query"] + [str(j + 1) for j in range(k)], fontsize=8)
+    ax.xaxis.set_ticks_position("top")
+    ax.tick_params(length=0)
+    if query_names:
+        ax.set_yticks([r * cell + cell / 2 for r in range(Q)])
+        ax.set_yticklabels([str(n)[:18] for n in query_names], fontsize=8)
+    else:
+        ax.set_yticks([])
+    if neighbor_names is not None and match is None:
+        for r in range(Q):
+            for j in range(k):
+                name = str(neighbor_names[r][j])[:10]
+                if name:
+                    ax.text((1 + j) * cell + gap + cell / 2, r * cell + cell - 1, name, ha="center", va="bottom",
+                            fontsize=6, color="white", bbox=dict(facecolor="black", alpha=0.5, pad=0.5, lw=0))
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if match is not None:
+        m = np.asarray(match)
+        title += f"\n{int(m.sum())} of {m.size} neighbours share the query's class (green; red: another class)"
+    ax.set_title(title, fontsize=9)
     return _save(fig, path)

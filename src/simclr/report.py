@@ -10,6 +10,7 @@ report shows what is there and says what is missing. Layout read (see the projec
     RUN/eval/<protocol>/metrics.json      accuracy, f1_weighted, f1_macro, per_class_accuracy, ...
     RUN/eval/<protocol>/*.png             confusion_matrix.png, curves.png, tsne_train.png, tsne_test.png
     RUN/eval/label_efficiency/            label_efficiency.png, label_efficiency.json
+    RUN/eval/neighbors/                   neighbors.png, neighbors.json (nearest training images of test queries)
 
 ``report.md`` links images copied into ``OUT/images/``; ``report.html`` embeds them (base64), has its
 CSS inline and loads nothing from the network, so it can be mailed or opened on a phone.
@@ -36,18 +37,19 @@ from .errors import DataError
 
 __all__ = ["COLUMNS", "collect_run", "write_report"]
 
+# What a reader compares comes first (a phone shows about four columns); the settings behind it follow.
 COLUMNS = (
     "Method",
     "Protocol",
-    "Batch size",
+    "Test accuracy",
+    "Test F1 (weighted)",
+    "kNN accuracy",
     "Backbone",
+    "Batch size",
     "Projection dim",
     "Pretraining epochs",
     "Head epochs",
     "Optimizer",
-    "Test accuracy",
-    "Test F1 (weighted)",
-    "kNN accuracy",
     "Wall time",
 )
 _NUMERIC = {"Batch size", "Projection dim", "Pretraining epochs", "Head epochs", "Test accuracy",
@@ -55,6 +57,7 @@ _NUMERIC = {"Batch size", "Projection dim", "Pretraining epochs", "Head epochs",
 
 PROTOCOL_ORDER = ("knn", "linear", "mlp", "finetune")
 LABEL_EFFICIENCY = "label_efficiency"
+NEIGHBORS = "neighbors"
 _PROTOCOL_TITLES = {"knn": "kNN", "linear": "Linear probe", "mlp": "MLP head", "finetune": "Fine-tuning",
                     LABEL_EFFICIENCY: "Label efficiency"}
 _PLOT_CAPTIONS = {"loss": "Contrastive loss", "knn": "kNN accuracy during pretraining",
@@ -164,7 +167,7 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
         ``{"dir": Path, "name": str, "config": dict, "run": dict, "metrics": list[dict] (one per epoch,
         sorted), "plots": {stem: Path}, "evals": {protocol: {"metrics": dict, "images": {stem: Path}}},
         "label_efficiency": {"results": {method: [(n_labels, accuracy)]}, "images": {stem: Path}} | None,
-        "warnings": list[str]}``.
+        "neighbors": {stem: Path}, "warnings": list[str]}``.
 
     Raises:
         DataError: ``run_dir`` does not exist or is not a directory.
@@ -196,10 +199,14 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
 
     evals: dict[str, dict] = {}
     label_eff = None
+    neighbors: dict[str, Path] = {}
     eval_root = root / "eval"
     if eval_root.is_dir():
         for d in sorted(p for p in eval_root.iterdir() if p.is_dir()):
             images = _pngs(d)
+            if d.name == NEIGHBORS:
+                neighbors = images
+                continue
             if d.name == LABEL_EFFICIENCY:
                 data = _read_json(d / f"{LABEL_EFFICIENCY}.json", warnings)
                 label_eff = {"results": _parse_label_efficiency(data) if data is not None else {},
@@ -222,6 +229,7 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
         "plots": _pngs(root / "plots"),
         "evals": {k: evals[k] for k in sorted(evals, key=order)},
         "label_efficiency": label_eff,
+        "neighbors": neighbors,
         "warnings": warnings,
     }
 
@@ -533,6 +541,14 @@ def _document(runs: list[dict], images_dir: Path) -> tuple[list[tuple], list[str
              "value during pretraining (validation split) when no kNN evaluation was run.",
              "Wall time: pretraining + evaluation of that protocol."]
     blocks.append(("notes", notes))
+    pictures = [(_method(run), run["neighbors"][NEIGHBORS], f"{slug}__{NEIGHBORS}.png")
+                for run, slug in zip(runs, slugs) if NEIGHBORS in run.get("neighbors", {})]
+    if pictures:
+        blocks += [("h", 2, "Nearest neighbours", NEIGHBORS),
+                   ("p", "Ten test images (one per class) and the eight training images each encoder places nearest "
+                         "(cosine similarity of frozen features), most similar first; green: same class as the query, "
+                         "red: another class."),
+                   ("gallery", pictures, "wide")]
     for run, slug in zip(runs, slugs):
         blocks += _run_blocks(run, slug, images_dir)
     return blocks, slugs
@@ -599,6 +615,7 @@ p{margin:.4rem 0 .8rem}
 .table-wrap{overflow-x:auto;-webkit-overflow-scrolling:touch;border:1px solid #ddd;border-radius:6px;margin:.5rem 0}
 table{border-collapse:collapse;font-size:.9rem;min-width:100%}
 th,td{padding:.4rem .6rem;border-bottom:1px solid #eee;text-align:left;white-space:nowrap;vertical-align:top}
+th{white-space:normal;min-width:4.5em;vertical-align:bottom}
 th{background:#f4f5f7;font-weight:600}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tbody tr:nth-child(even) td{background:#fafbfc}
@@ -614,7 +631,9 @@ code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:
 .warn{background:#fff5e5;border-left:4px solid #e69500;padding:.4rem .8rem;margin:.6rem 0}
 .warn ul,.notes{margin:.2rem 0;padding-left:1.2rem}
 .notes{color:#5a5f66;font-size:.85rem}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,360px),1fr));gap:1rem;margin:.6rem 0}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,360px),1fr));gap:1rem;margin:.6rem 0;
+ align-items:start}
+.gallery.wide{grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr))}
 figure{margin:0;border:1px solid #eee;border-radius:6px;padding:.4rem;background:#fff}
 figure img{display:block;width:100%;height:auto}
 figcaption{font-size:.85rem;color:#5a5f66;margin-top:.3rem}
@@ -674,7 +693,8 @@ def _render_html(blocks: list[tuple]) -> str:
             for caption, src, _rel in b[1]:
                 figs.append(f'<figure><img src="{_data_uri(Path(src))}" alt="{_e(caption)}" loading="lazy">'
                             f"<figcaption>{_e(caption)}</figcaption></figure>")
-            out.append('<div class="gallery">' + "".join(figs) + "</div>")
+            wide = " wide" if len(b) > 2 and b[2] == "wide" else ""
+            out.append(f'<div class="gallery{wide}">' + "".join(figs) + "</div>")
         elif kind == "details":
             out.append(f"<details><summary>{_e(b[1])}</summary>{_render_html(b[2])}</details>")
     return "\n".join(out)
@@ -730,7 +750,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
                 slug = b[3][4:]
             elif b[0] == "gallery":
                 for _caption, src, rel in b[1]:
-                    dest = images_dir / slug / rel
+                    dest = images_dir / (slug or "_report") / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     if Path(src).resolve() != dest.resolve():
                         shutil.copyfile(src, dest)

@@ -386,7 +386,7 @@ def unwrap(model: nn.Module) -> SimCLR:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
-def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=print) -> Path:
+def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=print, backbone: nn.Module | None = None) -> Path:
     """Train a SimCLR encoder as configured and leave a self-describing run directory ``cfg.out``.
 
     The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt``, ``backbone.safetensors``,
@@ -396,7 +396,7 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=
     lock = None
     try:
         lock = lock_for_training(cfg.out, rt)  # one writer per run directory
-        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None))
+        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None), backbone)
     finally:
         if lock is not None:
             lock.release()
@@ -404,7 +404,7 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=
             dist.destroy_process_group()
 
 
-def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> Path:
+def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log, backbone: nn.Module | None = None) -> Path:
     started = time.perf_counter()
     device = rt.device
     precision = resolve_precision(cfg.train.precision, device)
@@ -437,7 +437,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
         + (f", {rt.world_size} processes" if rt.distributed else ""))
 
-    model = build_model(cfg.model).to(device, torch.float64 if precision == "fp64" else torch.float32)
+    model = build_model(cfg.model, backbone).to(device, torch.float64 if precision == "fp64" else torch.float32)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and rt.distributed:
