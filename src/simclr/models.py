@@ -8,6 +8,7 @@ from torch import nn
 
 from .backbones import Backbone, build, use_cifar_stem, wrap
 from .config import ModelConfig
+from .errors import ConfigError
 
 __all__ = [
     "Backbone", "GlobalBatchNorm", "ProjectionHead", "SimCLR", "build_backbone", "build_model", "convert_sync_batchnorm",
