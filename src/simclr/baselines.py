@@ -15,7 +15,6 @@ it exactly like a SimCLR run:
 from __future__ import annotations
 
 import copy
-import json
 import pickle
 import zipfile
 from collections.abc import Callable, Sequence
@@ -27,11 +26,12 @@ import torchvision
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoint import atomic_write_bytes, load_state_checked, save_weights
+from .checkpoint import load_state_checked, save_weights
 from .config import Config, save_config
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_run
 from .models import Backbone, build_backbone
+from .rundir import BACKBONE, CONFIG, write_run_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -154,12 +154,12 @@ def write_baseline_run(out: str | Path, cfg: Config, encoder: Backbone, kind: st
     """A run directory for a baseline: ``config.yaml`` (``cfg``), ``backbone.safetensors`` and ``run.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml", {"command": command or "", "kind": kind})
-    save_weights(encoder, out / "backbone.safetensors", {"format": "simclr-1", "method": method})
+    save_config(cfg, out / CONFIG, {"command": command or "", "kind": kind})
+    save_weights(encoder, out / BACKBONE, {"format": "simclr-1", "method": method})
     info = {"kind": kind, "method": method, "backbone": cfg.model.backbone, "batch_size": None, "proj_dim": None,
             "epochs": 0, "optimizer": None, "data": cfg.data.name, "finished": True}
     info.update(extra or {})
-    atomic_write_bytes((json.dumps(info, indent=2) + "\n").encode(), out / "run.json")
+    write_run_json(out, info)
     return out
 
 

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .config import BUILTIN_DATASETS, DataConfig, default_cache_root
 from .errors import DataError
+from .rundir import atomic_write
 
 SPLITS = ("train", "test", "unlabeled")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -692,15 +693,7 @@ def _cached(cfg: DataConfig, stem: str, key: dict, build: Callable[[], ImageData
 def _write_cache(path: Path, data: ImageData) -> None:
     meta = {"classes": data.classes, "paths": data.paths, "skipped": data.skipped, "version": CACHE_VERSION}
     payload = {"images": data.images.contiguous(), "labels": data.labels, "meta": json.dumps(meta)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def _read_cache(path: Path) -> ImageData:

@@ -38,19 +38,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment
-from .checkpoint import atomic_write_bytes, load_weights, save_weights
+from .checkpoint import load_weights, save_weights
 from .config import PROTOCOLS, AugmentConfig, Config, OptimConfig, load_config, read_config
 from .data import ImageData, load_split, make_splits
 from .errors import CheckpointError, ConfigError, DataError
 from .models import Backbone, build_backbone
 from .optim import Schedule, build_optimizer, lr_at
+from .rundir import (
+    LABEL_EFFICIENCY,
+    atomic_write,
+    read_label_efficiency,
+    read_run_json,
+    write_json,
+    write_label_efficiency,
+)
 from .runtime import autocast, configure_device, resolve_device, resolve_precision
 
 LINEAR_BATCH_SIZE = 1000  # linear probe on features (dkobak/simclr-cifar10)
 MLP_BATCH_SIZE = 64  # notebook head; Keras-sized batches
 FINETUNE_WEIGHT_DECAY = 5e-4
 FINETUNE_SCALE = (0.35, 1.0)  # random resized crop area for fine-tuning (plus flips; no colour distortion)
-LABEL_EFFICIENCY = "label_efficiency"
 
 Log = Callable[..., None]
 
@@ -637,7 +644,7 @@ def _write_outputs(ctx: _Context, out_dir: Path, protocol: str, res: dict, metho
         "seed": cfg.train.seed,
         "data": cfg.data.name,
     })
-    atomic_write_bytes((json.dumps(metrics, indent=2) + "\n").encode(), out_dir / "metrics.json")
+    write_json(out_dir / "metrics.json", metrics)
 
     names = list(data.classes)
 
@@ -791,22 +798,13 @@ def _sweep(ctx: _Context, protocols: list[str], labels: list[int | None], out_di
                             "head_epochs": res["head_epochs"], "wall_time_s": time.perf_counter() - t0})
             ctx.log(f"[{method}] {protocol} with {n} labels: test accuracy {acc:.4f}")
         curves[key] = points
-    atomic_write_bytes((json.dumps(curves, indent=2) + "\n").encode(), json_path)
+    write_label_efficiency(json_path, curves)
     with open(details_path, "a") as fh:
         for d in details:
             fh.write(json.dumps(d) + "\n")
     plots.plot_label_efficiency(curves, folder / f"{LABEL_EFFICIENCY}.png")
     ctx.log(f"label-efficiency sweep written to {folder}")
     return curves
-
-
-def read_label_efficiency(path: str | Path) -> dict[str, list[list[float]]]:
-    """``{method: [[n_labels, accuracy], ...]}`` from a label_efficiency.json (empty if missing or unreadable)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): v for k, v in data.items() if isinstance(v, list)} if isinstance(data, dict) else {}
 
 
 def run_config(run_dir: str | Path, config: str | None = None, overrides: dict | None = None) -> Config:
@@ -850,10 +848,7 @@ def evaluate_run(
     run_dir = Path(run_dir).expanduser()
     cfg = cfg if cfg is not None else run_config(run_dir, None, overrides)
     if method is None:
-        try:
-            method = json.loads((run_dir / "run.json").read_text()).get("method")
-        except (OSError, ValueError, AttributeError):
-            method = None
+        method = (read_run_json(run_dir) or {}).get("method")
     encoder = _encoder_from(run_dir, cfg, resolve_device(cfg.train.device))
     return evaluate_encoder(encoder, cfg, protocols, Path(out_dir) if out_dir else run_dir / "eval", labels,
                             method or cfg.name, log=log, **kwargs)
@@ -912,9 +907,7 @@ def embed(run_dir: str | Path, data: str, out: str | Path, split: str = "all", o
               "split": np.asarray(splits), "paths": np.asarray(paths), "classes": np.asarray(classes)}
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
-        tmp = out.with_name(f".{out.stem}.tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(out)
+        atomic_write(out, lambda f: np.savez(f, **arrays))
     else:
         try:
             import pyarrow as pa
@@ -924,6 +917,6 @@ def embed(run_dir: str | Path, data: str, out: str | Path, split: str = "all", o
                               "file name") from None
         table = pa.table({"index": arrays["index"], "split": arrays["split"], "path": arrays["paths"],
                           "label": arrays["labels"], "features": list(F_)})
-        pq.write_table(table, out)
+        atomic_write(out, lambda f: pq.write_table(table, f))
     log(f"wrote {len(F_)} feature vectors of dimension {F_.shape[1]} to {out}")
     return out

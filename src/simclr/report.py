@@ -33,6 +33,7 @@ import yaml
 
 from . import plots
 from .errors import DataError
+from .rundir import LABEL_EFFICIENCY, METRICS, RUN_JSON, atomic_write, parse_label_efficiency
 
 __all__ = ["COLUMNS", "collect_run", "write_report"]
 
@@ -54,7 +55,6 @@ _NUMERIC = {"Batch size", "Projection dim", "Pretraining epochs", "Head epochs",
             "Test F1 (weighted)", "kNN accuracy", "Wall time"}
 
 PROTOCOL_ORDER = ("knn", "linear", "mlp", "finetune")
-LABEL_EFFICIENCY = "label_efficiency"
 _PROTOCOL_TITLES = {"knn": "kNN", "linear": "Linear probe", "mlp": "MLP head", "finetune": "Fine-tuning",
                     LABEL_EFFICIENCY: "Label efficiency"}
 _PLOT_CAPTIONS = {"loss": "Contrastive loss", "knn": "kNN accuracy during pretraining",
@@ -118,42 +118,6 @@ def _pngs(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.png")) if p.is_file()}
 
 
-def _parse_label_efficiency(data: Any) -> dict[str, list[tuple[int, float]]]:
-    """Accept ``{method: [[n, acc], ...]}``, ``{method: [{"n_labels": n, "accuracy": a}, ...]}``,
-    ``{"results": ...}`` or ``[{"method": m, "n_labels": n, "accuracy": a}, ...]``."""
-
-    def point(item: Any) -> tuple[int, float] | None:
-        if isinstance(item, (list, tuple)) and len(item) >= 2:
-            n, a = item[0], item[1]
-        elif isinstance(item, dict):
-            n = next((item[k] for k in ("n_labels", "labels", "n", "n_train") if k in item), None)
-            a = next((item[k] for k in ("accuracy", "acc", "test_accuracy") if k in item), None)
-        else:
-            return None
-        try:
-            return int(n), float(a)
-        except (TypeError, ValueError):
-            return None
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    if isinstance(data, dict) and "results" in data:
-        return _parse_label_efficiency(data["results"])
-    if isinstance(data, dict):
-        for method, items in data.items():
-            if isinstance(items, list):
-                pts = [p for p in map(point, items) if p is not None]
-                if pts:
-                    out[str(method)] = sorted(pts)
-    elif isinstance(data, list):
-        for item in data:
-            if isinstance(item, dict):
-                p = point(item)
-                if p is not None:
-                    out.setdefault(str(item.get("method", "SimCLR")), []).append(p)
-        out = {k: sorted(v) for k, v in out.items()}
-    return out
-
-
 def collect_run(run_dir: str | os.PathLike) -> dict:
     """Read everything a run directory holds; missing or broken files become warnings, not errors.
 
@@ -189,7 +153,7 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
     else:
         warnings.append("config.yaml missing")
 
-    run = _read_json(root / "run.json", warnings)
+    run = _read_json(root / RUN_JSON, warnings)
     if run is None and not (root / "run.json").exists():
         warnings.append("run.json missing (run still starting, or interrupted before it was written)")
     run = run if isinstance(run, dict) else {}
@@ -202,7 +166,7 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
             images = _pngs(d)
             if d.name == LABEL_EFFICIENCY:
                 data = _read_json(d / f"{LABEL_EFFICIENCY}.json", warnings)
-                label_eff = {"results": _parse_label_efficiency(data) if data is not None else {},
+                label_eff = {"results": parse_label_efficiency(data) if data is not None else {},
                              "images": images}
                 continue
             m = _read_json(d / "metrics.json", warnings)
@@ -218,7 +182,7 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
         "name": root.resolve().name,
         "config": config,
         "run": run,
-        "metrics": _read_metrics(root / "metrics.jsonl", warnings),
+        "metrics": _read_metrics(root / METRICS, warnings),
         "plots": _pngs(root / "plots"),
         "evals": {k: evals[k] for k in sorted(evals, key=order)},
         "label_efficiency": label_eff,
@@ -690,12 +654,6 @@ def _html_page(body: str) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
     """Write ``report.md`` (images copied to ``out_dir/images/``) and a self-contained ``report.html``.
 
@@ -740,6 +698,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
 
     visit(blocks)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    _atomic_write(md_path, _render_md(blocks, links))
-    _atomic_write(html_path, _html_page(_render_html(blocks)))
+    md, page = _render_md(blocks, links).encode("utf-8"), _html_page(_render_html(blocks)).encode("utf-8")
+    atomic_write(md_path, lambda f: f.write(md))
+    atomic_write(html_path, lambda f: f.write(page))
     return md_path, html_path

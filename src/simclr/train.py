@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import augment
-from .checkpoint import atomic_save, atomic_write_bytes, config_differences, load_checkpoint, save_weights
+from . import augment, rundir
+from .checkpoint import atomic_save, config_differences, load_checkpoint, save_weights
 from .config import Config, save_config, to_dict
 from .data import (
     ImageData,
@@ -377,7 +377,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     if B % rt.world_size:
         raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
     run_dir = Path(cfg.out)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt_path = run_dir / rundir.CHECKPOINT
     saved = None
     if resume:
         saved = load_checkpoint(ckpt_path)
@@ -421,15 +421,13 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
 
     writer = None
     if rt.is_main:
-        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for stale in (run_dir / "checkpoints").glob(".last.pt.tmp*"):  # left by a process killed while writing
-            stale.unlink(missing_ok=True)
-        save_config(cfg, run_dir / "config.yaml", {"command": command or "", "kind": "simclr"})
+        (run_dir / rundir.PLOTS).mkdir(parents=True, exist_ok=True)
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        rundir.remove_temporaries(ckpt_path)
+        save_config(cfg, run_dir / rundir.CONFIG, {"command": command or "", "kind": "simclr"})
         if isinstance(pre, ImageData) and pre.skipped:  # unreadable files were skipped with one warning; keep the list
-            atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / "skipped_files.txt")
-        # metrics.jsonl holds each finished epoch once, also after a resume
-        atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
+            rundir.atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / rundir.SKIPPED_FILES)
+        rundir.write_metrics(run_dir, state.history)
         if cfg.train.preview and saved is None:
             shown = _preview_images(pre, cfg.train.seed)
             if len(shown):
@@ -481,8 +479,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         state.epoch, state.step_in_epoch = done, 0
         state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
         if rt.is_main:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+            rundir.append_metrics(run_dir, line)
             if writer is not None:
                 for key in ("loss", "lr", "images_per_sec", "knn_accuracy"):
                     if key in line and math.isfinite(line[key]):
@@ -507,8 +504,8 @@ def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, pre
     from . import plots
 
     meta = {"config": json.dumps(to_dict(cfg)), "format": "simclr-1"}
-    save_weights(model.backbone, run_dir / "backbone.safetensors", meta)
-    save_weights(model.head, run_dir / "projection_head.safetensors", meta)
+    save_weights(model.backbone, run_dir / rundir.BACKBONE, meta)
+    save_weights(model.head, run_dir / rundir.PROJECTION_HEAD, meta)
     hist = state.history
     if hist:
         plots.plot_loss([h["epoch"] for h in hist], [h["loss"] for h in hist], run_dir / "plots" / "loss.png")
@@ -528,4 +525,4 @@ def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, pre
         "data": cfg.data.name,
         "finished": True,
     }
-    atomic_write_bytes(json.dumps(info, indent=2).encode(), run_dir / "run.json")
+    rundir.write_run_json(run_dir, info)
