@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import pickle
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,6 +32,7 @@ from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_run
 from .models import Backbone, build_backbone
 from .rundir import BACKBONE, CONFIG, write_run_json
+from .runtime import Log
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,7 +40,6 @@ IMAGENET_SIZE = 224  # input side (px) the ImageNet weights were trained at
 _WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
 METHODS = {"random": "Random init", "imagenet": "ImageNet supervised", "scratch": "Supervised from scratch"}
 
-Log = Callable[..., None]
 
 
 # ----------------------------------------------------------------------------- weights

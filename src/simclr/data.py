@@ -38,6 +38,7 @@ from torch import Tensor
 from .config import BUILTIN_DATASETS, DataConfig, default_cache_root
 from .errors import DataError
 from .rundir import atomic_write
+from .runtime import Log
 
 SPLITS = ("train", "test", "unlabeled")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -48,7 +49,6 @@ TEST_LIMIT_SEED = 0
 # Below this many files a process pool costs more than it saves.
 POOL_MIN_FILES = 2000
 
-Log = Callable[[str], None]
 
 
 @dataclass

@@ -7,7 +7,6 @@ run directory) and the report to ``OUT/report/``, so ``simclr report OUT OUT/bas
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +15,7 @@ from .config import Config
 from .errors import SimCLRError
 from .evaluate import EvalData, evaluate_run, load_eval_data
 from .rundir import EVAL, label_efficiency_json, read_label_efficiency, write_json, write_label_efficiency
-
-Log = Callable[..., None]
+from .runtime import Log
 
 
 def _flush_print(*args, **kwargs) -> None:

@@ -27,7 +27,7 @@ from .data import (
     split_labels,
 )
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
-from .evaluate import knn_accuracy
+from .evaluate.knn import knn_accuracy
 from .loss import nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer
@@ -39,6 +39,7 @@ from .runtime import (
     init_distributed,
     resolve_precision,
     seed_everything,
+    seed_for,
 )
 
 # Streaming path (data.stream): the kNN monitor's bank (labeled_train) and queries (labeled_val) are the only
@@ -81,7 +82,7 @@ class TrainState:
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """Data order for an epoch: a function of (seed, epoch) only, never of the rank or the process count."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+    g = torch.Generator().manual_seed(seed_for(seed, epoch))
     return torch.randperm(n, generator=g)
 
 
