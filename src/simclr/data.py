@@ -140,20 +140,15 @@ def _limit_keep(n: int, cfg: DataConfig, split: str, seed: int) -> Tensor | None
     return torch.randperm(n, generator=g)[: cfg.limit].sort().values
 
 
-def make_splits(train: ImageData, cfg: DataConfig, seed: int) -> dict[str, Tensor]:
-    """Index tensors for pretraining and for the labeled heads: :func:`split_labels` of ``train``'s labels."""
-    return split_labels(train.labels, cfg, seed, train.classes)
-
-
 def split_labels(labels: Tensor, cfg: DataConfig, seed: int, classes: Sequence[str] = ()) -> dict[str, Tensor]:
     """Index tensors for pretraining and for the labeled heads, from the labels alone.
 
-    The rule of :func:`make_splits`, without the pixels, so that the streaming path (:func:`list_images`) picks
-    the same images as the in-memory path for the same files and seed.
+    The labels alone decide, so that the streaming path (:func:`list_images`) picks the same images as the
+    in-memory path for the same files and seed.
 
     ``cfg.split == "standard"``: pretrain on every image; a seeded permutation of the labeled images gives
     ``labeled_val`` (its first ``n_val``) and ``labeled_train`` (all the rest).
-    ``cfg.split == "seed"`` (the notebook protocol): ``n_labeled`` labeled images are drawn and held out of
+    ``cfg.split == "seed"`` (the seed notebook project's protocol): ``n_labeled`` labeled images are drawn and held out of
     pretraining; ``labeled_val`` is the first ``n_val`` of them, ``labeled_train`` the other
     ``n_labeled - n_val``; ``pretrain`` is every other image.
 

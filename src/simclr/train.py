@@ -15,17 +15,10 @@ import torch.distributed as dist
 from torch import nn
 
 from . import augment, rundir
+from .batches import device_batches
 from .checkpoint import atomic_save, config_differences, load_checkpoint, save_weights
 from .config import Config, save_config, to_dict
-from .data import (
-    ImageData,
-    decode_files,
-    list_images,
-    load_split,
-    make_splits,
-    report_unreadable,
-    split_labels,
-)
+from .data import ImageData
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate.knn import knn_accuracy
 from .loss import nt_xent
@@ -39,30 +32,9 @@ from .runtime import (
     init_distributed,
     resolve_precision,
     seed_everything,
-    seed_for,
 )
-
-# Streaming path (data.stream): the kNN monitor's bank (labeled_train) and queries (labeled_val) are the only
-# images decoded into memory, so on huge folders they are capped at a seeded random subset of this many images
-# each; memory stays bounded (10,000 + 5,000 images of S = 96 px is about 400 MB of uint8). The in-memory path
-# already holds every image and monitors with all of them.
-STREAM_KNN_BANK = 10_000
-STREAM_KNN_QUERIES = 5_000
-
-
-@dataclass
-class StreamedImages:
-    """The pretraining images of the streaming path: their files and the side S they decode at, never pixels.
-
-    DataLoader workers decode each step's files (:mod:`simclr.stream`) and are the ones that find unreadable
-    files, so there is no ``skipped`` list here.
-    """
-
-    paths: list[str]
-    size: int
-
-    def __len__(self) -> int:
-        return len(self.paths)
+from .splits import StreamedImages, pretraining_sets, preview_images
+from .stream import stream_batches
 
 
 @dataclass
@@ -80,12 +52,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # metrics lines of finished epochs
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """Data order for an epoch: a function of (seed, epoch) only, never of the rank or the process count."""
-    g = torch.Generator().manual_seed(seed_for(seed, epoch))
-    return torch.randperm(n, generator=g)
-
-
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> bool:
     """Write the checkpoint atomically; weights that are no longer finite are never written over a good one."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
@@ -101,22 +67,6 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         path,
     )
     return True
-
-
-def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Two views per image of each global batch from device-resident uint8 ``images`` [N,3,S,S], steps ``start...``.
-
-    Each process takes its ``batch_size / world_size`` rows of every global batch; the data order and the
-    augmentation parameters depend only on (seed, epoch, step), so the views do not depend on the process count.
-    """
-    B = cfg.train.batch_size
-    b = B // rt.world_size
-    perm = epoch_permutation(len(images), cfg.train.seed, epoch).to(images.device)
-    for it in range(start, len(images) // B):  # drop the last partial batch: NT-Xent wants full batches
-        idx = perm[it * B : (it + 1) * B][rt.rank * b : (rt.rank + 1) * b]
-        with torch.no_grad():
-            views = augment.simclr_views(images[idx], cfg.augment, cfg.model.image_size, cfg.train.seed, epoch, it, global_batch=B, offset=rt.rank * b)
-        yield views  # outside no_grad: a suspended generator would leave grad mode off for the caller
 
 
 def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: torch.device, precision: str,
@@ -279,77 +229,6 @@ def train_one_epoch(
         bar.close()
 
 
-def _labeled_sets(cfg: Config, seed: int, log) -> tuple[ImageData | StreamedImages, ImageData | None, ImageData | None]:
-    """(pretraining images, kNN bank, kNN queries): the monitor never looks at the test set.
-
-    With ``data.stream`` the pretraining images stay files (the same split of the same file list, from
-    :func:`simclr.data.list_images` and :func:`simclr.data.split_labels`); only the monitor sets are decoded.
-    """
-    if cfg.data.stream:
-        paths, labels, classes, size = list_images(cfg.data, "train", cfg.model.image_size, seed, log)
-        if _too_few_classes(labels, log):
-            return StreamedImages(paths, size), None, None
-        splits = split_labels(labels, cfg.data, seed, classes)
-        streamed = StreamedImages([paths[i] for i in splits["pretrain"].tolist()], size)
-        if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
-            return streamed, None, None
-        bank, queries = (
-            _monitor_set(paths, labels, classes, splits[name], cap, size, cfg, seed, log, name)
-            for name, cap in (("labeled_train", STREAM_KNN_BANK), ("labeled_val", STREAM_KNN_QUERIES))
-        )
-        return streamed, bank, queries
-    if cfg.data.name == "stl10":
-        pre = load_split(cfg.data, "unlabeled", cfg.model.image_size, seed=seed, log=log)
-        labeled = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
-        splits = make_splits(labeled, cfg.data, seed)
-    else:
-        data = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
-        if _too_few_classes(data.labels, log):
-            return data, None, None
-        splits = make_splits(data, cfg.data, seed)
-        pre, labeled = data.subset(splits["pretrain"]), data
-    if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
-        return pre, None, None
-    return pre, labeled.subset(splits["labeled_train"]), labeled.subset(splits["labeled_val"])
-
-
-def _too_few_classes(labels: torch.Tensor, log) -> bool:
-    """True (with a note) when the labels span fewer than 2 classes: no labeled split and no kNN monitor then."""
-    if int(labels[labels >= 0].unique().numel()) >= 2:
-        return False
-    log("note: fewer than 2 labeled classes, so pretraining uses every image and the kNN monitor is off")
-    return True
-
-
-def _monitor_set(
-    paths: list[str], labels: torch.Tensor, classes: list[str], index: torch.Tensor, cap: int, size: int, cfg: Config, seed: int, log, name: str
-) -> ImageData:
-    """Decode rows ``index`` of a streamed file list for the kNN monitor: at most ``cap`` of them, a seeded pick.
-
-    Unreadable files are left out with a warning (an error with ``data.strict``), as :func:`simclr.data.load_split`
-    does; the pretraining files are not scanned for them (the loader workers report those).
-    """
-    if len(index) > cap:
-        keep = torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))[:cap]
-        log(f"kNN monitor ({name}): decoding a seeded {cap} of its {len(index)} images (data.stream)")
-        index = index[keep].sort().values
-    data = decode_files([paths[i] for i in index.tolist()], labels[index], classes, size, log, what=f"kNN monitor ({name}) images")
-    report_unreadable(data.skipped, cfg.data.strict, f"the kNN monitor's {name} images", log)
-    return data
-
-
-def _preview_images(pre: ImageData | StreamedImages, seed: int) -> torch.Tensor:
-    """uint8 ``[k, 3, S, S]``: 8 seeded pretraining images for the augmentation preview (k < 8 if some are unreadable).
-
-    On the streaming path just those files are decoded.
-    """
-    pick = torch.randperm(len(pre), generator=torch.Generator().manual_seed(seed))[:8]  # a spread of classes
-    if isinstance(pre, ImageData):
-        return pre.images[pick]
-    files = [pre.paths[i] for i in pick.tolist()]
-    return decode_files(files, [-1] * len(files), [], pre.size, log=lambda _: None).images
-
-
 def unwrap(model: nn.Module) -> SimCLR:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
@@ -392,7 +271,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
         raise ConfigError(f"{run_dir} already holds a run (checkpoints/last.pt); continue it with --resume or choose another --out")
 
     seed_everything(cfg.train.seed)
-    pre, bank, queries = _labeled_sets(cfg, cfg.train.seed, log)
+    pre, bank, queries = pretraining_sets(cfg, cfg.train.seed, log)
     steps_per_epoch = len(pre) // B
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
@@ -430,7 +309,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
             rundir.atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / rundir.SKIPPED_FILES)
         rundir.write_metrics(run_dir, state.history)
         if cfg.train.preview and saved is None:
-            shown = _preview_images(pre, cfg.train.seed)
+            shown = preview_images(pre, cfg.train.seed)
             if len(shown):
                 augment.save_preview(shown, cfg.augment, cfg.model.image_size, run_dir / "plots" / "augment_preview.png", seed=cfg.train.seed)
         try:
@@ -452,8 +331,6 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> 
     while state.epoch < cfg.train.epochs:
         epoch_start_step = state.step_in_epoch
         if isinstance(pre, StreamedImages):
-            from .stream import stream_batches
-
             batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
         else:
             batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
