@@ -17,7 +17,7 @@ from torch import nn
 from . import augment, rundir
 from .batches import device_batches
 from .checkpoint import atomic_save, config_differences, load_checkpoint, save_weights
-from .config import Config, save_config, to_dict
+from .config import Config, TrainConfig, save_config, to_dict
 from .data import ImageData
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate.knn import knn_accuracy
@@ -26,6 +26,7 @@ from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer
 from .runtime import (
     Dist,
+    Log,
     autocast,
     barrier,
     configure_device,
@@ -52,21 +53,243 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # metrics lines of finished epochs
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> bool:
-    """Write the checkpoint atomically; weights that are no longer finite are never written over a good one."""
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        return False
-    atomic_save(
-        {
-            "version": 1,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "state": {k: v for k, v in state.__dict__.items()},
-            "config": to_dict(cfg),
-        },
-        path,
-    )
-    return True
+# ----------------------------------------------------------------------------- the run
+
+
+def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log: Log = print) -> Path:
+    """Train a SimCLR encoder as configured and leave a self-describing run directory ``cfg.out``.
+
+    The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt``, ``backbone.safetensors``,
+    ``projection_head.safetensors``, ``run.json``, TensorBoard events and ``plots/`` (see :mod:`simclr.rundir`).
+    Returns its path.
+    """
+    rt = init_distributed(cfg.train.device)
+    try:
+        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None))
+    finally:
+        if rt.distributed:
+            dist.destroy_process_group()
+
+
+def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log) -> Path:
+    started = time.perf_counter()
+    device, B, run_dir = rt.device, cfg.train.batch_size, Path(cfg.out)
+    precision = resolve_precision(cfg.train.precision, device)
+    configure_device(device, cfg.train.reuse_memory)
+    if B % rt.world_size:
+        raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
+    saved = _saved_run(run_dir, cfg, resume)
+
+    seed_everything(cfg.train.seed)
+    pre, bank, queries = pretraining_sets(cfg, cfg.train.seed, log)
+    steps_per_epoch = len(pre) // B
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
+    # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
+    images = pre.images.to(device, non_blocking=True) if isinstance(pre, ImageData) else None
+    log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
+        + (f", {rt.world_size} processes" if rt.distributed else ""))
+
+    model, net, optimizer, schedule, state = _build(cfg, rt, steps_per_epoch, saved, log)
+    writer = _open_run_dir(run_dir, cfg, pre, state, command, fresh=saved is None) if rt.is_main else None
+    since = [time.perf_counter()]  # wall time not yet added to state.wall_time
+
+    def checkpoint() -> None:
+        if rt.is_main:
+            state.wall_time += time.perf_counter() - since[0]
+            since[0] = time.perf_counter()
+            if not save_checkpoint(run_dir / rundir.CHECKPOINT, model, optimizer, state, cfg):
+                log(f"warning: weights are not finite at global step {state.global_step}; kept the previous checkpoint")
+        barrier()
+
+    while state.epoch < cfg.train.epochs:
+        first_step = state.step_in_epoch
+        if isinstance(pre, StreamedImages):
+            batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
+        else:
+            batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
+        train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
+        line = _epoch_line(state, optimizer, (steps_per_epoch - first_step) * B)
+        done = line["epoch"]
+        k = cfg.train.knn_every
+        if bank is not None and ((k and done % k == 0) or done == cfg.train.epochs):
+            if rt.is_main:
+                line["knn_accuracy"] = knn_accuracy(
+                    unwrap(net).backbone, bank, queries, cfg.model.image_size, cfg.augment, device, precision,
+                    k=cfg.train.knn_k, t=cfg.train.knn_t, batch_size=max(B, 256),
+                )
+            barrier()
+        state.history.append(line)
+        state.epoch, state.step_in_epoch = done, 0
+        state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
+        if rt.is_main:
+            _record_epoch(run_dir, line, cfg.train.epochs, writer, log)
+        checkpoint()
+
+    if rt.is_main:
+        finish_run(run_dir, unwrap(net), cfg, state, precision)
+        if writer is not None:
+            writer.close()
+    barrier()
+    log(f"pretraining done in {time.perf_counter() - started:.0f} s: {run_dir}")
+    return run_dir
+
+
+def _saved_run(run_dir: Path, cfg: Config, resume: bool) -> dict | None:
+    """The checkpoint to resume from (None for a new run); refuses a config that changes the model or data, and a
+    new run over an existing one."""
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    if not resume:
+        if ckpt_path.exists():
+            raise ConfigError(f"{run_dir} already holds a run (checkpoints/last.pt); continue it with --resume or choose another --out")
+        return None
+    saved = load_checkpoint(ckpt_path)
+    diffs = config_differences(saved["config"], to_dict(cfg))
+    if diffs:
+        raise CheckpointError(
+            f"--resume refused: the config differs from the run in {run_dir} in keys that change the model or data: "
+            + "; ".join(diffs) + ". Use the original values, or start a new run with another --out"
+        )
+    return saved
+
+
+def _build(cfg: Config, rt: Dist, steps_per_epoch: int, saved: dict | None, log: Log):
+    """(model, the module to train (DDP / compiled wrapper), optimizer, schedule, state), restored from ``saved``."""
+    device, B = rt.device, cfg.train.batch_size
+    model = build_model(cfg.model).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and rt.distributed:
+        model = convert_sync_batchnorm(model, device)
+    optimizer = build_optimizer(cfg.optim, model, B)
+    schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs)
+    state = TrainState()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = TrainState(**saved["state"])
+        log(f"resumed from {Path(cfg.out) / rundir.CHECKPOINT} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+    net: nn.Module = model
+    if rt.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    return model, net, optimizer, schedule, state
+
+
+def _open_run_dir(run_dir: Path, cfg: Config, pre: ImageData | StreamedImages, state: TrainState, command: str | None,
+                  fresh: bool):
+    """Folders, ``config.yaml``, ``skipped_files.txt``, ``metrics.jsonl`` as of ``state``, the augmentation preview
+    (new runs) and a TensorBoard writer (None if tensorboard cannot be imported). Main process only."""
+    (run_dir / rundir.PLOTS).mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.remove_temporaries(ckpt_path)
+    save_config(cfg, run_dir / rundir.CONFIG, {"command": command or "", "kind": "simclr"})
+    if isinstance(pre, ImageData) and pre.skipped:  # unreadable files were skipped with one warning; keep the list
+        rundir.atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / rundir.SKIPPED_FILES)
+    rundir.write_metrics(run_dir, state.history)
+    if cfg.train.preview and fresh:
+        shown = preview_images(pre, cfg.train.seed)
+        if len(shown):
+            augment.save_preview(shown, cfg.augment, cfg.model.image_size, run_dir / rundir.PLOTS / "augment_preview.png",
+                                 seed=cfg.train.seed)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run_dir / "tb"))
+    except ImportError:  # tensorboard is a declared dependency; a broken install should not stop training
+        return None
+
+
+def _epoch_line(state: TrainState, optimizer: torch.optim.Optimizer, seen: int) -> dict:
+    """The metrics.jsonl record of the epoch just trained (``seen`` images in this process's run of it)."""
+    return {
+        "epoch": state.epoch + 1,
+        "step": state.global_step,
+        "loss": state.epoch_loss_sum / max(state.epoch_loss_steps, 1) if state.epoch_loss_steps else float("nan"),
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_sec": seen / max(state.epoch_time, 1e-9),
+        "epoch_time_s": state.epoch_time,
+    }
+
+
+def _record_epoch(run_dir: Path, line: dict, epochs: int, writer, log: Log) -> None:
+    """A finished epoch into metrics.jsonl, TensorBoard and the log."""
+    rundir.append_metrics(run_dir, line)
+    done = line["epoch"]
+    if writer is not None:
+        for key in ("loss", "lr", "images_per_sec", "knn_accuracy"):
+            if key in line and math.isfinite(line[key]):
+                writer.add_scalar(f"pretrain/{key}", line[key], done)
+        writer.flush()
+    knn = f", kNN {line['knn_accuracy']:.4f}" if "knn_accuracy" in line else ""
+    log(f"epoch {done}/{epochs}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, {line['images_per_sec']:.0f} img/s{knn}")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    cfg: Config,
+    state: TrainState,
+    rt: Dist,
+    precision: str,
+    on_checkpoint=None,
+    log: Log = print,
+) -> None:
+    """Train on ``batches`` (pairs of views [b,3,H,W], this process's rows) for steps ``state.step_in_epoch..steps``.
+
+    ``steps`` is the number of global batches in the epoch; ``state`` is advanced step by step so that a checkpoint
+    taken at any step boundary resumes exactly. The loss is read from the device every :func:`sync_interval` steps,
+    before each checkpoint and at the end of the epoch; a non-finite loss stops training there (the error names the
+    first bad step; its weights are never checkpointed), or is skipped before its update with
+    ``train.skip_nonfinite``.
+    """
+    tc = cfg.train
+    device = next(model.parameters()).device
+    model.train()
+    every = sync_interval(tc, device)
+    tally = _LossTally(device, rt, reduce=every > 1)
+    progress = Progress(steps, state.step_in_epoch, tc.batch_size, f"epoch {state.epoch + 1}/{tc.epochs}",
+                        tc.progress and rt.is_main, log)
+    lr = float("nan")
+
+    def settle() -> None:
+        bad = tally.settle(state)
+        if bad is not None:
+            raise _nonfinite_error("non-finite (nan or inf)", state, bad, lr, cfg, precision)
+
+    for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
+        lr = schedule(state.global_step)
+        loss = simclr_loss(model, v0, v1, device, precision, tc.channels_last, tc.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        if every == 1 and not _finite_on_every_rank(loss, rt):  # read before the update: a bad step can be skipped
+            state.nonfinite_skipped += 1
+            if state.nonfinite_skipped > tc.skip_nonfinite:
+                raise _nonfinite_error(loss.item(), state, state.global_step + 1, lr, cfg, precision)
+            log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{tc.skip_nonfinite})")
+        else:
+            loss.backward()
+            optimizer.step()
+            tally.add(loss.detach(), state.global_step + 1)
+        state.global_step += 1
+        state.step_in_epoch = it + 1
+        if state.global_step % every == 0:
+            settle()
+        progress.step(tally.mean, lr, settled=tally.count == 0)
+        if on_checkpoint is not None and tc.checkpoint_every and state.global_step % tc.checkpoint_every == 0 and state.step_in_epoch < steps:
+            settle()
+            state.epoch_time += progress.restart_clock()
+            on_checkpoint()
+    settle()  # also waits for the device, so the epoch time below is the time the work took
+    state.epoch_time += progress.restart_clock()
+    progress.close()
 
 
 def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: torch.device, precision: str,
@@ -80,6 +303,24 @@ def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: to
         _, z = model(views)
     z0, z1 = z.float().chunk(2)
     return nt_xent(z0, z1, temperature)
+
+
+def sync_interval(tc: TrainConfig, device: torch.device) -> int:
+    """Steps between reads of the loss: 1 where reading is free (CPU) or a bad step must be skipped before its
+    update (``train.skip_nonfinite``); else ``train.sync_every``, 0 meaning 50 on GPUs."""
+    if tc.skip_nonfinite:
+        return 1
+    if tc.sync_every:
+        return tc.sync_every
+    return 1 if device.type == "cpu" else 50
+
+
+def _finite_on_every_rank(loss: torch.Tensor, rt: Dist) -> bool:
+    """Whether the step's loss is finite on every process (one host-device synchronisation)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if rt.distributed:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips (or stops) together
+    return finite.item() >= 1
 
 
 class _LossTally:
@@ -129,252 +370,72 @@ def _nonfinite_error(value: float | str, state: TrainState, global_step: int, lr
     )
 
 
-def sync_interval(cfg: Config, device: torch.device) -> int:
-    """Steps between reads of the loss: 1 where reading is free (CPU) or a bad step must be skipped before its
-    update (``train.skip_nonfinite``); else ``train.sync_every``, 0 meaning 50 on GPUs."""
-    if cfg.train.skip_nonfinite:
-        return 1
-    if cfg.train.sync_every:
-        return cfg.train.sync_every
-    return 1 if device.type == "cpu" else 50
+class Progress:
+    """An epoch's progress for a person, and its clock: a tqdm bar on a terminal, else a plain line every 30 s
+    (log files, CI); nothing when ``enabled`` is false (``train.progress`` off, or not the main process)."""
+
+    LINE_EVERY_S = 30
+
+    def __init__(self, steps: int, first_step: int, batch_size: int, desc: str, enabled: bool, log: Log):
+        self.steps, self.done, self.batch_size, self.desc, self.enabled, self.log = steps, first_step, batch_size, desc, enabled, log
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=first_step, desc=desc, leave=False, dynamic_ncols=True)
+        self.t0 = self.last_line = time.perf_counter()
+        self.images = 0  # images of this process's steps since t0
+
+    def restart_clock(self) -> float:
+        """Seconds since the clock last started (the epoch's start or the last checkpoint); restarts it."""
+        now = time.perf_counter()
+        elapsed, self.t0, self.images = now - self.t0, now, 0
+        return elapsed
+
+    def step(self, loss: float, lr: float, settled: bool) -> None:
+        """One step done; ``loss`` is the mean of the last settled steps, fresh when ``settled``."""
+        self.done += 1
+        self.images += self.batch_size
+        now = time.perf_counter()
+        rate = self.images / max(now - self.t0, 1e-9)
+        if self.bar is not None:
+            if settled:  # the loss is known without waiting for the device
+                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", refresh=False)
+            self.bar.update(1)
+        elif self.enabled and now - self.last_line > self.LINE_EVERY_S:
+            self.last_line = now
+            eta = (self.steps - self.done) * self.batch_size / max(rate, 1e-9)
+            self.log(f"  {self.desc} step {self.done}/{self.steps}: loss {loss:.4f}, lr {lr:.3g}, {rate:.0f} img/s, "
+                     f"epoch ETA {eta:.0f} s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    steps: int,
-    cfg: Config,
-    state: TrainState,
-    rt: Dist,
-    precision: str,
-    on_checkpoint=None,
-    log=print,
-) -> None:
-    """Train on ``batches`` (pairs of views [b,3,H,W], this process's rows) for steps ``state.step_in_epoch..steps``.
+# ----------------------------------------------------------------------------- checkpoints and exports
 
-    ``steps`` is the number of global batches in the epoch; ``state`` is advanced step by step so that a checkpoint
-    taken at any step boundary resumes exactly. The loss is read from the device every :func:`sync_interval` steps,
-    before each checkpoint and at the end of the epoch; a non-finite loss stops training there (the error names the
-    first bad step; its weights are never checkpointed), or is skipped before its update with
-    ``train.skip_nonfinite``.
-    """
-    B = cfg.train.batch_size
-    device = next(model.parameters()).device
-    model.train()
-    every = sync_interval(cfg, device)
-    tally = _LossTally(device, rt, reduce=every > 1)
-    show = cfg.train.progress and rt.is_main and sys.stderr.isatty()
-    bar = None
-    if show:
-        from tqdm import tqdm
 
-        bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
-    t0 = last_line = time.perf_counter()
-    done_since_t0 = 0
-    lr = float("nan")
-
-    def settle() -> None:
-        bad = tally.settle(state)
-        if bad is not None:
-            raise _nonfinite_error("non-finite (nan or inf)", state, bad, lr, cfg, precision)
-
-    for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
-        lr = schedule(state.global_step)
-        loss = simclr_loss(model, v0, v1, device, precision, cfg.train.channels_last, cfg.train.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        bad = False
-        if every == 1:  # read the loss before the update: a bad step can be skipped
-            finite = torch.isfinite(loss.detach()).float()
-            if rt.distributed:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips (or stops) together
-            bad = finite.item() < 1
-        if bad:
-            state.nonfinite_skipped += 1
-            if state.nonfinite_skipped > cfg.train.skip_nonfinite:
-                raise _nonfinite_error(loss.item(), state, state.global_step + 1, lr, cfg, precision)
-            log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{cfg.train.skip_nonfinite})")
-        else:
-            loss.backward()
-            optimizer.step()
-            tally.add(loss.detach(), state.global_step + 1)
-        state.global_step += 1
-        state.step_in_epoch = it + 1
-        done_since_t0 += B
-        if state.global_step % every == 0:
-            settle()
-        if bar is not None:
-            if tally.count == 0:  # just settled: the loss is known without waiting for the device
-                rate = done_since_t0 / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{tally.mean:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", refresh=False)
-            bar.update(1)
-        elif rt.is_main and cfg.train.progress and time.perf_counter() - last_line > 30:
-            # not a terminal (a log file, CI): a plain line every 30 s so progress stays visible
-            last_line = time.perf_counter()
-            rate = done_since_t0 / max(last_line - t0, 1e-9)
-            eta = (steps - it - 1) * B / max(rate, 1e-9)
-            log(f"  epoch {state.epoch + 1}/{cfg.train.epochs} step {it + 1}/{steps}: loss {tally.mean:.4f}, "
-                f"lr {lr:.3g}, {rate:.0f} img/s, epoch ETA {eta:.0f} s")
-        ck_every = cfg.train.checkpoint_every
-        if on_checkpoint is not None and ck_every and state.global_step % ck_every == 0 and state.step_in_epoch < steps:
-            settle()
-            state.epoch_time += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            done_since_t0 = 0
-            on_checkpoint()
-    settle()  # also waits for the device, so the epoch time below is the time the work took
-    state.epoch_time += time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> bool:
+    """Write the checkpoint atomically; weights that are no longer finite are never written over a good one."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return False
+    atomic_save(
+        {
+            "version": 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": {k: v for k, v in state.__dict__.items()},
+            "config": to_dict(cfg),
+        },
+        path,
+    )
+    return True
 
 
 def unwrap(model: nn.Module) -> SimCLR:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=print) -> Path:
-    """Train a SimCLR encoder as configured and leave a self-describing run directory ``cfg.out``.
-
-    The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt``, ``backbone.safetensors``,
-    ``projection_head.safetensors``, ``run.json``, TensorBoard events and ``plots/``. Returns its path.
-    """
-    rt = init_distributed(cfg.train.device)
-    try:
-        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None))
-    finally:
-        if rt.distributed:
-            dist.destroy_process_group()
-
-
-def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log) -> Path:
-    started = time.perf_counter()
-    device = rt.device
-    precision = resolve_precision(cfg.train.precision, device)
-    configure_device(device, cfg.train.reuse_memory)
-    B = cfg.train.batch_size
-    if B % rt.world_size:
-        raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
-    run_dir = Path(cfg.out)
-    ckpt_path = run_dir / rundir.CHECKPOINT
-    saved = None
-    if resume:
-        saved = load_checkpoint(ckpt_path)
-        diffs = config_differences(saved["config"], to_dict(cfg))
-        if diffs:
-            raise CheckpointError(
-                f"--resume refused: the config differs from the run in {run_dir} in keys that change the model or data: "
-                + "; ".join(diffs) + ". Use the original values, or start a new run with another --out"
-            )
-    elif ckpt_path.exists():
-        raise ConfigError(f"{run_dir} already holds a run (checkpoints/last.pt); continue it with --resume or choose another --out")
-
-    seed_everything(cfg.train.seed)
-    pre, bank, queries = pretraining_sets(cfg, cfg.train.seed, log)
-    steps_per_epoch = len(pre) // B
-    if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
-    # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
-    images = pre.images.to(device, non_blocking=True) if isinstance(pre, ImageData) else None
-    log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
-        + (f", {rt.world_size} processes" if rt.distributed else ""))
-
-    model = build_model(cfg.model).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.train.sync_bn and rt.distributed:
-        model = convert_sync_batchnorm(model, device)
-    optimizer = build_optimizer(cfg.optim, model, B)
-    schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs)
-    state = TrainState()
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = TrainState(**saved["state"])
-        log(f"resumed from {ckpt_path} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
-    net: nn.Module = model
-    if rt.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
-        net = torch.compile(net)
-
-    writer = None
-    if rt.is_main:
-        (run_dir / rundir.PLOTS).mkdir(parents=True, exist_ok=True)
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        rundir.remove_temporaries(ckpt_path)
-        save_config(cfg, run_dir / rundir.CONFIG, {"command": command or "", "kind": "simclr"})
-        if isinstance(pre, ImageData) and pre.skipped:  # unreadable files were skipped with one warning; keep the list
-            rundir.atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / rundir.SKIPPED_FILES)
-        rundir.write_metrics(run_dir, state.history)
-        if cfg.train.preview and saved is None:
-            shown = preview_images(pre, cfg.train.seed)
-            if len(shown):
-                augment.save_preview(shown, cfg.augment, cfg.model.image_size, run_dir / "plots" / "augment_preview.png", seed=cfg.train.seed)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tb"))
-        except ImportError:  # tensorboard is a declared dependency; a broken install should not stop training
-            writer = None
-
-    def checkpoint() -> None:
-        if rt.is_main:
-            state.wall_time += time.perf_counter() - started_ckpt[0]
-            started_ckpt[0] = time.perf_counter()
-            if not save_checkpoint(ckpt_path, model, optimizer, state, cfg):
-                log(f"warning: weights are not finite at global step {state.global_step}; kept the previous checkpoint")
-        barrier()
-
-    started_ckpt = [time.perf_counter()]
-    while state.epoch < cfg.train.epochs:
-        epoch_start_step = state.step_in_epoch
-        if isinstance(pre, StreamedImages):
-            batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
-        else:
-            batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
-        train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
-        done = state.epoch + 1
-        seen = (steps_per_epoch - epoch_start_step) * B
-        line = {
-            "epoch": done,
-            "step": state.global_step,
-            "loss": state.epoch_loss_sum / max(state.epoch_loss_steps, 1) if state.epoch_loss_steps else float("nan"),
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_sec": seen / max(state.epoch_time, 1e-9),
-            "epoch_time_s": state.epoch_time,
-        }
-        k = cfg.train.knn_every
-        if bank is not None and ((k and done % k == 0) or done == cfg.train.epochs):
-            if rt.is_main:
-                line["knn_accuracy"] = knn_accuracy(
-                    unwrap(net).backbone, bank, queries, cfg.model.image_size, cfg.augment, device, precision,
-                    k=cfg.train.knn_k, t=cfg.train.knn_t, batch_size=max(B, 256),
-                )
-            barrier()
-        state.history.append(line)
-        state.epoch, state.step_in_epoch = done, 0
-        state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
-        if rt.is_main:
-            rundir.append_metrics(run_dir, line)
-            if writer is not None:
-                for key in ("loss", "lr", "images_per_sec", "knn_accuracy"):
-                    if key in line and math.isfinite(line[key]):
-                        writer.add_scalar(f"pretrain/{key}", line[key], done)
-                writer.flush()
-            knn = f", kNN {line['knn_accuracy']:.4f}" if "knn_accuracy" in line else ""
-            log(f"epoch {done}/{cfg.train.epochs}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, "
-                f"{line['images_per_sec']:.0f} img/s{knn}")
-        checkpoint()
-
-    if rt.is_main:
-        finish_run(run_dir, unwrap(net), cfg, state, precision)
-        if writer is not None:
-            writer.close()
-    barrier()
-    log(f"pretraining done in {time.perf_counter() - started:.0f} s: {run_dir}")
-    return run_dir
 
 
 def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, precision: str) -> None:
