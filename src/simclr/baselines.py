@@ -7,7 +7,7 @@ it exactly like a SimCLR run:
 - ``random``: the SimCLR architecture with random weights, evaluated under the same protocols: what the
   architecture and the protocol give without any learning.
 - ``imagenet``: torchvision's ImageNet-supervised ResNet (``ResNet18_Weights.IMAGENET1K_V1``) as a frozen
-  feature extractor, ImageNet normalisation and 224 px input; the notebook project's baseline.
+  feature extractor, ImageNet normalisation and 224 px input; the seed notebook project's baseline.
 - ``scratch``: the SimCLR architecture trained end to end from random weights on the same labeled images
   (protocol ``finetune``): the honest reference for what pretraining buys when labels are scarce.
 """

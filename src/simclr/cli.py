@@ -41,7 +41,7 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument("--precision", help="auto | bf16 | fp32")
     g.add_argument("--strict", action="store_true", default=None, help="unreadable image files are an error, not a warning")
-    g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the notebook's 8,000/42,000 split)")
+    g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the seed notebook project's 8,000/42,000 split)")
     if training:
         g.add_argument("--epochs", type=int, help="number of epochs")
         g.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
@@ -230,7 +230,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_pipeline
+    from .pipeline import run_experiment
 
     over = _overrides(args)
     if args.protocols:
@@ -238,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.baselines is not None:
         over["eval.baselines"] = args.baselines
     cfg = load_config(args.config, over)
-    result = run_pipeline(cfg, resume=args.resume, command=_command_line(), log=_log)
+    result = run_experiment(cfg, resume=args.resume, command=_command_line(), log=_log)
     for name, err in result.failures:
         print(f"simclr run: warning: baseline {name} was skipped: {err}", file=sys.stderr)
     return result.failures[0][1].exit_code if result.failures else 0

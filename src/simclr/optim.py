@@ -85,7 +85,7 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, batch_size: int, impl: s
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     if cfg.name == "adam":
-        # Adam's L2 decay acts through the gradient (torch.optim.Adam semantics, as in the notebook project).
+        # Adam's L2 decay acts through the gradient (torch.optim.Adam semantics, as in the seed notebook project).
         make = lambda **kw: torch.optim.Adam(groups, lr=lr, **kw)  # noqa: E731
     else:
         make = lambda **kw: torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **kw)  # noqa: E731

@@ -33,7 +33,7 @@ class PipelineResult:
     failures: list[tuple[str, SimCLRError]] = field(default_factory=list)  # (baseline, error) that were skipped
 
 
-def run_pipeline(cfg: Config, resume: bool = False, command: str | None = None, log: Log = _flush_print) -> PipelineResult:
+def run_experiment(cfg: Config, resume: bool = False, command: str | None = None, log: Log = _flush_print) -> PipelineResult:
     """Pretrain as configured, evaluate (``eval.protocols``; a label sweep when ``eval.labels`` is set), run
     ``eval.baselines`` under the same protocols, and write ``OUT/report/report.{md,html}``.
 
