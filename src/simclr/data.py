@@ -1,4 +1,4 @@
-"""Image sources, train/validation splits and the uint8 tensor cache.
+"""Images from their sources (torchvision datasets, image folders) as uint8 tensors, cached on disk.
 
 Every source ends up as the same thing: an :class:`ImageData` holding a uint8 tensor ``[N, 3, S, S]`` (RGB,
 contiguous, CPU) and int64 labels ``[N]`` (-1 = unlabeled). Sources are

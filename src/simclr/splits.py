@@ -1,4 +1,4 @@
-"""The image sets a run uses: what it pretrains on, what its kNN monitor and its evaluation label and test."""
+"""The image sets a run uses: pretraining images, the kNN monitor's bank and queries, evaluation train/val/test."""
 
 from __future__ import annotations
 
@@ -45,28 +45,28 @@ def pretraining_sets(cfg: Config, seed: int, log) -> tuple[ImageData | StreamedI
         paths, labels, classes, size = list_images(cfg.data, "train", cfg.model.image_size, seed, log)
         if _too_few_classes(labels, log):
             return StreamedImages(paths, size), None, None
-        splits = split_labels(labels, cfg.data, seed, classes)
-        streamed = StreamedImages([paths[i] for i in splits["pretrain"].tolist()], size)
-        if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
+        subsets = split_labels(labels, cfg.data, seed, classes)
+        streamed = StreamedImages([paths[i] for i in subsets["pretrain"].tolist()], size)
+        if len(subsets["labeled_train"]) == 0 or len(subsets["labeled_val"]) == 0:
             return streamed, None, None
         bank, queries = (
-            _monitor_set(paths, labels, classes, splits[name], cap, size, cfg, seed, log, name)
+            _monitor_set(paths, labels, classes, subsets[name], cap, size, cfg, seed, log, name)
             for name, cap in (("labeled_train", STREAM_KNN_BANK), ("labeled_val", STREAM_KNN_QUERIES))
         )
         return streamed, bank, queries
     if cfg.data.name == "stl10":
         pre = load_split(cfg.data, "unlabeled", cfg.model.image_size, seed=seed, log=log)
         labeled = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
-        splits = split_labels(labeled.labels, cfg.data, seed, labeled.classes)
+        subsets = split_labels(labeled.labels, cfg.data, seed, labeled.classes)
     else:
         data = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
         if _too_few_classes(data.labels, log):
             return data, None, None
-        splits = split_labels(data.labels, cfg.data, seed, data.classes)
-        pre, labeled = data.subset(splits["pretrain"]), data
-    if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
+        subsets = split_labels(data.labels, cfg.data, seed, data.classes)
+        pre, labeled = data.subset(subsets["pretrain"]), data
+    if len(subsets["labeled_train"]) == 0 or len(subsets["labeled_val"]) == 0:
         return pre, None, None
-    return pre, labeled.subset(splits["labeled_train"]), labeled.subset(splits["labeled_val"])
+    return pre, labeled.subset(subsets["labeled_train"]), labeled.subset(subsets["labeled_val"])
 
 
 def _too_few_classes(labels: torch.Tensor, log) -> bool:
@@ -130,14 +130,14 @@ def load_eval_data(cfg: Config, log: Log = print) -> EvalData:
     """
     seed = cfg.train.seed
     labeled = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
-    splits = split_labels(labeled.labels, cfg.data, seed, labeled.classes)
-    if len(splits["labeled_train"]) == 0:
+    subsets = split_labels(labeled.labels, cfg.data, seed, labeled.classes)
+    if len(subsets["labeled_train"]) == 0:
         raise DataError(f"{cfg.data.name}: no labeled images; evaluation needs class folders "
                         "(ROOT/<class>/* or ROOT/train/<class>/* + ROOT/test/<class>/*)")
     test = load_split(cfg.data, "test", cfg.model.image_size, seed=seed, log=log)
     if len(test) == 0:
         raise DataError(f"{cfg.data.name}: the test split is empty; evaluation reports test metrics")
-    return EvalData(labeled.subset(splits["labeled_train"]), labeled.subset(splits["labeled_val"]), test,
+    return EvalData(labeled.subset(subsets["labeled_train"]), labeled.subset(subsets["labeled_val"]), test,
                     list(labeled.classes))
 
 

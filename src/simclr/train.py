@@ -110,9 +110,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
             batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
         train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log)
         line = _epoch_line(state, optimizer, (steps_per_epoch - first_step) * B)
-        done = line["epoch"]
-        k = cfg.train.knn_every
-        if bank is not None and ((k and done % k == 0) or done == cfg.train.epochs):
+        if bank is not None and _knn_due(line["epoch"], cfg.train):
             if rt.is_main:
                 line["knn_accuracy"] = knn_accuracy(
                     unwrap(net).backbone, bank, queries, cfg.model.image_size, cfg.augment, device, precision,
@@ -120,7 +118,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
                 )
             barrier()
         state.history.append(line)
-        state.epoch, state.step_in_epoch = done, 0
+        state.epoch, state.step_in_epoch = line["epoch"], 0
         state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
         if rt.is_main:
             _record_epoch(run_dir, line, cfg.train.epochs, writer, log)
@@ -212,6 +210,12 @@ def _epoch_line(state: TrainState, optimizer: torch.optim.Optimizer, seen: int) 
         "images_per_sec": seen / max(state.epoch_time, 1e-9),
         "epoch_time_s": state.epoch_time,
     }
+
+
+def _knn_due(epoch: int, tc: TrainConfig) -> bool:
+    """Whether the kNN monitor runs after ``epoch`` (1-based): every ``train.knn_every`` epochs and after the last."""
+    k = tc.knn_every
+    return bool(k and epoch % k == 0) or epoch == tc.epochs
 
 
 def _record_epoch(run_dir: Path, line: dict, epochs: int, writer, log: Log) -> None:

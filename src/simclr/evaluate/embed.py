@@ -49,7 +49,7 @@ def embed(run_dir: str | Path, data: str, out: str | Path, split: str = "all", o
             if split != "all" or name == "train":
                 raise
             # a flat folder has no test split: "all" is then the train split alone
-    feats, labels, index, splits, paths, classes = [], [], [], [], [], []
+    feats, labels, index, row_parts, paths, classes = [], [], [], [], [], []
     for name, d in parts:
         t0 = time.perf_counter()
         feats.append(extract_features(encoder, d.images, encoder.image_size, encoder.mean, encoder.std, device,
@@ -57,12 +57,12 @@ def embed(run_dir: str | Path, data: str, out: str | Path, split: str = "all", o
         log(f"embedded {len(d)} {name} images in {time.perf_counter() - t0:.1f} s")
         labels.append(d.labels.numpy())
         index.append(np.arange(len(d)))
-        splits += [name] * len(d)
+        row_parts += [name] * len(d)
         paths += list(d.paths) if d.paths else [""] * len(d)
         classes = classes or list(d.classes)
     F_ = np.concatenate(feats).astype(np.float32)
     arrays = {"features": F_, "labels": np.concatenate(labels), "index": np.concatenate(index),
-              "split": np.asarray(splits), "paths": np.asarray(paths), "classes": np.asarray(classes)}
+              "split": np.asarray(row_parts), "paths": np.asarray(paths), "classes": np.asarray(classes)}
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         atomic_write(out, lambda f: np.savez(f, **arrays))
