@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
-CONFIG  ?= configs/quickstart.yaml
+CONFIG  ?= quickstart
 DATA    ?= cifar10
 ARGS    ?=
 

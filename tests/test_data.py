@@ -16,7 +16,7 @@ from PIL import Image
 
 from simclr import data as data_mod
 from simclr.config import DataConfig
-from simclr.data import ImageData, load_split, make_splits
+from simclr.data import ImageData, load_split, split_labels
 from simclr.errors import DataError
 
 RED, GREEN, BLUE = (220, 20, 30), (20, 200, 40), (30, 40, 210)
@@ -175,7 +175,7 @@ def test_flat_folder_is_unlabeled(tmp_path):
     assert len(load_split(cfg_for(root, tmp_path), "unlabeled", 16, log=Log())) == 3
     with pytest.raises(DataError, match="class folders"):
         load_split(cfg_for(root, tmp_path), "test", 16, log=Log())
-    assert make_splits(d, DataConfig(), 0)["labeled_train"].numel() == 0
+    assert split_labels(d.labels, DataConfig(), 0)["labeled_train"].numel() == 0
 
 
 def test_missing_and_empty_paths(tmp_path):
@@ -348,7 +348,7 @@ def test_stl10_binary_layout(tmp_path, no_md5):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# make_splits
+# split_labels
 
 
 def fake_data(n: int, n_classes: int = 10, unlabeled: int = 0) -> ImageData:
@@ -359,33 +359,33 @@ def fake_data(n: int, n_classes: int = 10, unlabeled: int = 0) -> ImageData:
 
 def test_standard_splits():
     d = fake_data(1000, unlabeled=50)
-    s = make_splits(d, DataConfig(split="standard", n_val=150), seed=3)
+    s = split_labels(d.labels, DataConfig(split="standard", n_val=150), seed=3)
     assert torch.equal(s["pretrain"], torch.arange(1050))
     assert len(s["labeled_val"]) == 150 and len(s["labeled_train"]) == 850
     assert set(s["labeled_val"].tolist()).isdisjoint(s["labeled_train"].tolist())
     assert set(s["labeled_val"].tolist()) | set(s["labeled_train"].tolist()) == set(range(1000))
-    again = make_splits(d, DataConfig(split="standard", n_val=150), seed=3)
-    other = make_splits(d, DataConfig(split="standard", n_val=150), seed=4)
+    again = split_labels(d.labels, DataConfig(split="standard", n_val=150), seed=3)
+    other = split_labels(d.labels, DataConfig(split="standard", n_val=150), seed=4)
     assert all(torch.equal(s[k], again[k]) for k in s) and not torch.equal(s["labeled_val"], other["labeled_val"])
     assert all(v.dtype == torch.long for v in s.values())
-    small = make_splits(fake_data(20), DataConfig(n_val=1500), seed=0)
+    small = split_labels(fake_data(20).labels, DataConfig(n_val=1500), seed=0)
     assert len(small["labeled_val"]) == 4 and len(small["labeled_train"]) == 16  # n_val <= 20 % of labeled
 
 
 def test_seed_splits():
     d = fake_data(1000)
     cfg = DataConfig(split="seed", n_labeled=250, n_val=50)
-    s = make_splits(d, cfg, seed=0)
+    s = split_labels(d.labels, cfg, seed=0)
     val, lab, pre = (set(s[k].tolist()) for k in ("labeled_val", "labeled_train", "pretrain"))
     assert len(val) == 50 and len(lab) == 200 and len(pre) == 750
     assert val.isdisjoint(lab) and pre.isdisjoint(val | lab) and pre | val | lab == set(range(1000))
-    assert all(torch.equal(s[k], make_splits(d, cfg, seed=0)[k]) for k in s)
-    tiny = make_splits(fake_data(40), DataConfig(split="seed", n_labeled=8000, n_val=1500), seed=0)
+    assert all(torch.equal(s[k], split_labels(d.labels, cfg, seed=0)[k]) for k in s)
+    tiny = split_labels(fake_data(40).labels, DataConfig(split="seed", n_labeled=8000, n_val=1500), seed=0)
     assert len(tiny["pretrain"]) == 20 and len(tiny["labeled_val"]) == 4 and len(tiny["labeled_train"]) == 16
 
 
 def test_splits_need_two_classes_and_handle_unlabeled():
     with pytest.raises(DataError, match="2 classes"):
-        make_splits(fake_data(10, n_classes=1), DataConfig(), seed=0)
-    s = make_splits(fake_data(0, unlabeled=7), DataConfig(split="seed"), seed=0)
+        split_labels(fake_data(10, n_classes=1).labels, DataConfig(), seed=0)
+    s = split_labels(fake_data(0, unlabeled=7).labels, DataConfig(split="seed"), seed=0)
     assert torch.equal(s["pretrain"], torch.arange(7)) and s["labeled_val"].numel() == 0

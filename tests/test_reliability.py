@@ -209,12 +209,12 @@ def test_empty_folder_and_single_class_are_clear(tmp_path, capsys):
     (one / "x.png").write_bytes(_png())
     (one / "y.png").write_bytes(_png())
     from simclr.config import DataConfig
-    from simclr.data import load_split, make_splits
+    from simclr.data import load_split, split_labels
     from simclr.errors import DataError
 
     data = load_split(DataConfig(name=str(tmp_path / "one")), "train", 16)
     with pytest.raises(DataError, match="2 classes"):  # a labeled protocol needs 2 classes...
-        make_splits(data, DataConfig(name=str(tmp_path / "one")), 0)
+        split_labels(data.labels, DataConfig(name=str(tmp_path / "one")), 0)
     # ...pretraining does not: the images are used without labels
     for i in range(10):
         (one / f"z{i}.png").write_bytes(_png())

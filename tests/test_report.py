@@ -13,6 +13,7 @@ from PIL import Image
 
 from simclr import report
 from simclr.errors import DataError
+from simclr.rundir import parse_label_efficiency
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -206,7 +207,7 @@ def test_collect_run_full(tmp_path):
     [{"method": "SimCLR", "n_labels": 1000, "accuracy": 0.7}, {"method": "SimCLR", "n_labels": 100, "accuracy": 0.4}],
 ])
 def test_label_efficiency_formats(data):
-    assert report._parse_label_efficiency(data) == {"SimCLR": [(100, 0.4), (1000, 0.7)]}
+    assert parse_label_efficiency(data) == {"SimCLR": [(100, 0.4), (1000, 0.7)]}
 
 
 def test_missing_run_dir_is_a_data_error(tmp_path):

@@ -10,6 +10,7 @@ from conftest import make_image_folder
 from PIL import Image
 
 import simclr.data
+from simclr.batches import device_batches
 from simclr.bench import _views_step
 from simclr.config import load_config
 from simclr.data import list_images, load_split
@@ -17,8 +18,9 @@ from simclr.loss import nt_xent
 from simclr.models import build_model
 from simclr.optim import build_optimizer
 from simclr.runtime import Dist, autocast
+from simclr.splits import pretraining_sets
 from simclr.stream import stream_batches
-from simclr.train import _labeled_sets, device_batches, pretrain
+from simclr.train import pretrain
 
 # Crops cross the worker boundary as uint8: at most half a grey level (0.5 / 255 = 0.002 in [0, 1], 0.008 after
 # normalisation) from the float crop the device path computes. Brightness, contrast and saturation (factors up to
@@ -164,10 +166,10 @@ def test_stream_pretrain_decodes_only_monitor_and_preview(tmp_path, monkeypatch)
     cfg = _cfg(folder, **{"out": str(out), "train.epochs": 1, "data.stream": True, "data.workers": 0, "data.split": "seed",
                           "data.n_labeled": 12, "optim.warmup_epochs": 0, "train.preview": True})
     pretrain(cfg, log=lambda *a: None)
-    pre, bank, queries = _labeled_sets(cfg, cfg.train.seed, lambda *a: None)
+    pre, bank, queries = pretraining_sets(cfg, cfg.train.seed, lambda *a: None)
     assert len(pre) == 24 and len(bank) == 10 and len(queries) == 2
     decoded_pre = [p for p in decoded if p in set(pre.paths)]
-    # one pretrain run, then the check's own _labeled_sets call: the monitor sets twice, the preview once
+    # one pretrain run, then the check's own pretraining_sets call: the monitor sets twice, the preview once
     assert len(decoded) == 2 * (10 + 2) + 8, len(decoded)
     assert len(decoded_pre) == 8 and sorted(set(decoded) - set(decoded_pre)) == sorted(bank.paths + queries.paths)
     assert not list((tmp_path / "cache").rglob("*.pt"))  # no uint8 cache of the split was written
@@ -181,8 +183,8 @@ def test_stream_picks_the_in_memory_split(tmp_path, split):
     folder = make_image_folder(tmp_path / "data", size=20)
     over = {"data.split": split, "data.n_labeled": 10, "data.limit": 30}
     quiet = lambda *a: None  # noqa: E731
-    mem = _labeled_sets(_cfg(folder, **over), 5, quiet)
-    streamed = _labeled_sets(_cfg(folder, **over, **{"data.stream": True}), 5, quiet)
+    mem = pretraining_sets(_cfg(folder, **over), 5, quiet)
+    streamed = pretraining_sets(_cfg(folder, **over, **{"data.stream": True}), 5, quiet)
     assert streamed[0].paths == mem[0].paths and streamed[0].size == mem[0].images.shape[-1] == 16
     assert len(mem[0]) == (30 if split == "standard" else 20)
     for a, b in zip(mem[1:], streamed[1:]):
@@ -192,14 +194,14 @@ def test_stream_picks_the_in_memory_split(tmp_path, split):
 def test_stream_monitor_sets_are_capped(tmp_path, monkeypatch):
     """On the streaming path the kNN bank and queries are a seeded subset of at most the cap; in memory, all of them."""
     folder = make_image_folder(tmp_path / "data")  # standard split, n_val 6: 30 bank and 6 query images
-    monkeypatch.setattr("simclr.train.STREAM_KNN_BANK", 5)
-    monkeypatch.setattr("simclr.train.STREAM_KNN_QUERIES", 3)
+    monkeypatch.setattr("simclr.splits.STREAM_KNN_BANK", 5)
+    monkeypatch.setattr("simclr.splits.STREAM_KNN_QUERIES", 3)
     quiet = lambda *a: None  # noqa: E731
-    _, mem_bank, mem_queries = _labeled_sets(_cfg(folder), 0, quiet)
+    _, mem_bank, mem_queries = pretraining_sets(_cfg(folder), 0, quiet)
     assert len(mem_bank) == 30 and len(mem_queries) == 6
     cfg = _cfg(folder, **{"data.stream": True})
-    _, bank, queries = _labeled_sets(cfg, 0, quiet)
+    _, bank, queries = pretraining_sets(cfg, 0, quiet)
     assert len(bank) == 5 and len(queries) == 3
     assert set(bank.paths) <= set(mem_bank.paths) and set(queries.paths) <= set(mem_queries.paths)
-    again = _labeled_sets(cfg, 0, quiet)
+    again = pretraining_sets(cfg, 0, quiet)
     assert again[1].paths == bank.paths and again[2].paths == queries.paths  # deterministic for a seed

@@ -4,9 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from simclr.batches import epoch_permutation
 from simclr.cli import main
 from simclr.config import load_config
-from simclr.train import epoch_permutation, pretrain
+from simclr.train import pretrain
 
 
 def tiny_cfg(folder, out, **over):

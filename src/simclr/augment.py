@@ -50,6 +50,7 @@ __all__ = [
     "sample_params",
     "save_preview",
     "simclr_views",
+    "view_params",
 ]
 
 # ITU-R 601 luma weights, as in torchvision's rgb_to_grayscale.
@@ -470,13 +471,25 @@ def simclr_views(
     total = n if global_batch is None else global_batch
     if offset < 0 or offset + n > total:
         raise ValueError(f"rows [{offset}, {offset + n}) do not fit in a global batch of {total}")
+    p0, p1 = view_params(total, (offset, offset + n), hgt, out_size, cfg, seed, epoch, step)
+    return apply_params(images, p0, out_size, cfg), apply_params(images, p1, out_size, cfg)
+
+
+def view_params(
+    global_batch: int, rows: tuple[int, int], src_size: int, out_size: int, cfg: AugmentConfig,
+    seed: int, epoch: int, step: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Parameters of both views for rows ``[lo, hi)`` of a global batch.
+
+    Drawn for the WHOLE global batch from :func:`batch_generator` of (seed, epoch, step), all of view 0, then
+    all of view 1, and then sliced: a process holding rows ``[lo, hi)`` gets exactly those rows of the
+    single-process parameters, whatever the number of processes. The in-memory path (:func:`simclr_views`) and the
+    streaming path (:class:`simclr.stream.StepDataset`) both draw here.
+    """
+    lo, hi = rows
     g = batch_generator(seed, epoch, step)
-    views = []
-    for _ in range(2):
-        p = sample_params(total, hgt, out_size, cfg, g)
-        p = {k: v[offset : offset + n] for k, v in p.items()}
-        views.append(apply_params(images, p, out_size, cfg))
-    return views[0], views[1]
+    p0, p1 = ({k: v[lo:hi] for k, v in sample_params(global_batch, src_size, out_size, cfg, g).items()} for _ in range(2))
+    return p0, p1
 
 
 def eval_transform(images: Tensor, out_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -8,7 +8,7 @@ it exactly like a SimCLR run:
   architecture and the protocol give without any learning.
 - ``imagenet``: torchvision's ImageNet-supervised weights of ``model.backbone`` (``IMAGENET1K_V1``, e.g.
   ``ResNet18_Weights.IMAGENET1K_V1``, else the model's default weights) as a frozen feature extractor, ImageNet
-  normalisation and 224 px input; the notebook project's baseline.
+  normalisation and 224 px input; the seed notebook project's baseline.
 - ``scratch``: the SimCLR architecture trained end to end from random weights on the same labeled images
   (protocol ``finetune``): the honest reference for what pretraining buys when labels are scarce.
 """
@@ -16,10 +16,9 @@ it exactly like a SimCLR run:
 from __future__ import annotations
 
 import copy
-import json
 import pickle
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,18 +28,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .backbones import Backbone, build
-from .checkpoint import atomic_write_bytes, load_state_checked, save_weights
+from .checkpoint import load_state_checked, save_weights
 from .config import Config, save_config
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate_run
 from .models import build_backbone
+from .rundir import BACKBONE, CONFIG, write_run_json
+from .runtime import Log
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_SIZE = 224  # input side (px) the ImageNet weights were trained at
 METHODS = {"random": "Random init", "imagenet": "ImageNet supervised", "scratch": "Supervised from scratch"}
 
-Log = Callable[..., None]
 
 
 # ----------------------------------------------------------------------------- weights
@@ -175,12 +175,12 @@ def write_baseline_run(out: str | Path, cfg: Config, encoder: Backbone, kind: st
     """A run directory for a baseline: ``config.yaml`` (``cfg``), ``backbone.safetensors`` and ``run.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml", {"command": command or "", "kind": kind})
-    save_weights(encoder, out / "backbone.safetensors", {"format": "simclr-1", "method": method})
+    save_config(cfg, out / CONFIG, {"command": command or "", "kind": kind})
+    save_weights(encoder, out / BACKBONE, {"format": "simclr-1", "method": method})
     info = {"kind": kind, "method": method, "backbone": cfg.model.backbone, "batch_size": None, "proj_dim": None,
             "epochs": 0, "optimizer": None, "data": cfg.data.name, "finished": True}
     info.update(extra or {})
-    atomic_write_bytes((json.dumps(info, indent=2) + "\n").encode(), out / "run.json")
+    write_run_json(out, info)
     return out
 
 

@@ -462,9 +462,10 @@ def _step_peers(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.dev
 def _epoch_ours(pool: Tensor, cfg: Config, opts: BenchOptions, device: torch.device, precision: str,
                 paths: list[str] | None) -> Measurement:
     """An epoch through ``train.train_one_epoch``: device-resident batches, or streamed from ``paths``."""
+    from .batches import device_batches
     from .optim import Schedule
     from .runtime import Dist
-    from .train import TrainState, device_batches, train_one_epoch
+    from .train import TrainState, train_one_epoch
 
     B = cfg.train.batch_size
     n = _epoch_images(opts, device, len(pool), B)

@@ -11,53 +11,16 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import CheckpointError
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename.
-
-    If anything fails (full disk, kill), the previous file at ``path`` is untouched and the temporary is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(
-            f"could not write {path} ({e.strerror or e}); the previous file there is intact. "
-            "Free disk space (or fix the permissions) and continue with --resume"
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+from .rundir import atomic_write_bytes
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` made atomic (see :func:`atomic_write_bytes`)."""
+    """``torch.save`` made atomic (see :func:`simclr.rundir.atomic_write_bytes`)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(buf.getvalue(), path)
@@ -83,14 +46,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def save_weights(module: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Export a module's state dict as safetensors (atomic)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(safetensors_bytes(tensors, metadata=metadata), path)
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:

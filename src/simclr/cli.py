@@ -46,7 +46,7 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument("--precision", help="auto | bf16 | fp32 | fp64 (float64 pretraining, for numerical checks)")
     g.add_argument("--strict", action="store_true", default=None, help="unreadable image files are an error, not a warning")
-    g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the notebook's 8,000/42,000 split)")
+    g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the seed notebook project's 8,000/42,000 split)")
     if training:
         g.add_argument("--epochs", type=int, help="number of epochs")
         g.add_argument("--budget", metavar="DURATION",
@@ -241,7 +241,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_pipeline
+    from .pipeline import run_experiment
 
     over = _overrides(args)
     if args.protocols:
@@ -249,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.baselines is not None:
         over["eval.baselines"] = args.baselines
     cfg = load_config(args.config, over)
-    result = run_pipeline(cfg, resume=args.resume, command=_command_line(), log=_log)
+    result = run_experiment(cfg, resume=args.resume, command=_command_line(), log=_log)
     if result is None:  # a torchrun process other than rank 0: pretraining done, rank 0 evaluates and reports
         return 0
     for name, err in result.failures:

@@ -11,14 +11,15 @@ import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .budget import parse_duration
-from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
+from .rundir import atomic_write_bytes
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
 PRECISIONS = ("auto", "bf16", "fp32", "fp64")
@@ -48,10 +49,10 @@ class DataConfig:
     cache_dir: str | None = None  # uint8 tensor cache; default <cache>/tensors
     cache_size: int | None = None  # side (px) images are stored at; None: min(image_size, native side)
     download: bool = True
-    split: str = "standard"  # standard: pretrain on all train images; seed: notebook 8,000 / 42,000 split
+    split: str = "standard"  # standard: pretrain on all train images; seed: the seed notebook project's 8,000 / 42,000 split
     n_labeled: int = 8000  # seed split: labeled images held out of pretraining
     n_val: int = 1500  # labeled images used for validation (heads, early stopping, kNN monitor)
-    n_train_labels: int = 6500  # labeled training images for the mlp head (notebook protocol)
+    n_train_labels: int = 6500  # labeled training images for the mlp head (the seed notebook project's protocol)
     test_fraction: float = 0.2  # ROOT/<class>/* folders: share of images held out as the test split
     limit: int | None = None  # use the first N images of a seeded permutation
     strict: bool = False  # unreadable files are an error instead of a warning
@@ -80,7 +81,7 @@ class ModelConfig:
     backbone: str = "resnet18"  # a torchvision model name or timm:NAME (`simclr backbones` lists them)
     stem: str = "auto"  # auto: small-image stem (ResNets: 3x3 conv, no max-pool) at 64 px or less; see backbones.py
     image_size: int = 32  # side (px) of the views fed to the encoder
-    feature_dim: int | None = None  # optional linear layer after pooling (notebook: 256)
+    feature_dim: int | None = None  # optional linear layer after pooling (the seed notebook project: 256)
     proj_hidden: list[int] = field(default_factory=lambda: [512])  # hidden widths of the projection MLP
     proj_dim: int = 128  # output dimension of the projection head
     proj_bn: bool = True  # BatchNorm after each hidden layer
@@ -129,7 +130,7 @@ class TrainConfig:
 class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["knn", "mlp"])
     baselines: list[str] = field(default_factory=lambda: ["random"])  # random | imagenet | scratch
-    mlp_hidden: list[int] = field(default_factory=lambda: [128, 64])  # notebook head: D->128->64->C
+    mlp_hidden: list[int] = field(default_factory=lambda: [128, 64])  # the seed notebook project's head: D->128->64->C
     mlp_epochs: int = 20
     mlp_lr: float = 1e-3
     patience: int = 3  # early stopping on validation loss
@@ -178,8 +179,8 @@ FLAG_KEYS = {
 
 
 def preset_dir() -> Path:
-    """The ``configs/`` folder shipped with the project."""
-    return Path(__file__).resolve().parents[2] / "configs"
+    """The presets' folder, ``simclr/configs/`` inside the installed package (package data, so a wheel has it too)."""
+    return Path(str(resources.files("simclr") / "configs"))
 
 
 def resolve_config_path(path_or_name: str) -> Path:

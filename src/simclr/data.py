@@ -1,4 +1,4 @@
-"""Image sources, train/validation splits and the uint8 tensor cache.
+"""Images from their sources (torchvision datasets, image folders) as uint8 tensors, cached on disk.
 
 Every source ends up as the same thing: an :class:`ImageData` holding a uint8 tensor ``[N, 3, S, S]`` (RGB,
 contiguous, CPU) and int64 labels ``[N]`` (-1 = unlabeled). Sources are
@@ -37,6 +37,8 @@ from torch import Tensor
 
 from .config import BUILTIN_DATASETS, DataConfig, default_cache_root
 from .errors import DataError
+from .rundir import atomic_write
+from .runtime import Log
 
 SPLITS = ("train", "test", "unlabeled")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -47,7 +49,6 @@ TEST_LIMIT_SEED = 0
 # Below this many files a process pool costs more than it saves.
 POOL_MIN_FILES = 2000
 
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -139,20 +140,15 @@ def _limit_keep(n: int, cfg: DataConfig, split: str, seed: int) -> Tensor | None
     return torch.randperm(n, generator=g)[: cfg.limit].sort().values
 
 
-def make_splits(train: ImageData, cfg: DataConfig, seed: int) -> dict[str, Tensor]:
-    """Index tensors for pretraining and for the labeled heads: :func:`split_labels` of ``train``'s labels."""
-    return split_labels(train.labels, cfg, seed, train.classes)
-
-
 def split_labels(labels: Tensor, cfg: DataConfig, seed: int, classes: Sequence[str] = ()) -> dict[str, Tensor]:
     """Index tensors for pretraining and for the labeled heads, from the labels alone.
 
-    The rule of :func:`make_splits`, without the pixels, so that the streaming path (:func:`list_images`) picks
-    the same images as the in-memory path for the same files and seed.
+    The labels alone decide, so that the streaming path (:func:`list_images`) picks the same images as the
+    in-memory path for the same files and seed.
 
     ``cfg.split == "standard"``: pretrain on every image; a seeded permutation of the labeled images gives
     ``labeled_val`` (its first ``n_val``) and ``labeled_train`` (all the rest).
-    ``cfg.split == "seed"`` (the notebook protocol): ``n_labeled`` labeled images are drawn and held out of
+    ``cfg.split == "seed"`` (the seed notebook project's protocol): ``n_labeled`` labeled images are drawn and held out of
     pretraining; ``labeled_val`` is the first ``n_val`` of them, ``labeled_train`` the other
     ``n_labeled - n_val``; ``pretrain`` is every other image.
 
@@ -766,15 +762,7 @@ def _cached(cfg: DataConfig, stem: str, key: dict, build: Callable[[], ImageData
 def _write_cache(path: Path, data: ImageData) -> None:
     meta = {"classes": data.classes, "paths": data.paths, "skipped": data.skipped, "version": CACHE_VERSION}
     payload = {"images": data.images.contiguous(), "labels": data.labels, "meta": json.dumps(meta)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def _read_cache(path: Path) -> ImageData:

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import atomic_write_bytes
 from .errors import ConfigError, DataError
+from .rundir import atomic_write_bytes
 
 N_QUERIES = 10
 K = 8

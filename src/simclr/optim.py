@@ -108,7 +108,7 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, batch_size: int, impl: s
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     if cfg.name == "adam":
-        # Adam's L2 decay acts through the gradient (torch.optim.Adam semantics, as in the notebook project).
+        # Adam's L2 decay acts through the gradient (torch.optim.Adam semantics, as in the seed notebook project).
         make = lambda **kw: torch.optim.Adam(groups, lr=lr, **kw)  # noqa: E731
     elif cfg.name == "adamw":
         # Decoupled weight decay (Loshchilov & Hutter 2019), the ViT / ConvNeXt recipe (DeiT, MoCo v3).

@@ -6,19 +6,16 @@ run directory) and the report to ``OUT/report/``, so ``simclr report OUT OUT/bas
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .baselines import random_baseline, supervised
-from .checkpoint import atomic_write_bytes
 from .config import Config
 from .errors import SimCLRError
-from .evaluate import LABEL_EFFICIENCY, EvalData, evaluate_run, load_eval_data, read_label_efficiency
-
-Log = Callable[..., None]
+from .evaluate import EvalData, evaluate_run, load_eval_data
+from .rundir import EVAL, label_efficiency_json, read_label_efficiency, write_json, write_label_efficiency
+from .runtime import Log
 
 
 def _flush_print(*args, **kwargs) -> None:
@@ -40,7 +37,7 @@ class PipelineResult:
     failures: list[tuple[str, SimCLRError]] = field(default_factory=list)  # (baseline, error) that were skipped
 
 
-def run_pipeline(cfg: Config, resume: bool = False, command: str | None = None, log: Log = _flush_print) -> PipelineResult | None:
+def run_experiment(cfg: Config, resume: bool = False, command: str | None = None, log: Log = _flush_print) -> PipelineResult | None:
     """Pretrain as configured, evaluate (``eval.protocols``; a label sweep when ``eval.labels`` is set), run
     ``eval.baselines`` under the same protocols, and write ``OUT/report/report.{md,html}``.
 
@@ -101,9 +98,8 @@ def run_pipeline(cfg: Config, resume: bool = False, command: str | None = None, 
     md, html = write_report(run_dirs, out / "report")
     stages["report"] = time.perf_counter() - t
     stages["total"] = time.perf_counter() - started
-    atomic_write_bytes((json.dumps({"stages_s": stages, "run_dirs": [str(d) for d in run_dirs],
-                                    "skipped_baselines": [n for n, _ in failures]}, indent=2) + "\n").encode(),
-                       out / "pipeline.json")
+    write_json(out / "pipeline.json", {"stages_s": stages, "run_dirs": [str(d) for d in run_dirs],
+                                       "skipped_baselines": [n for n, _ in failures]})
     log("\ntime per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()))
     log(f"report: {html.resolve()}")
     return PipelineResult(md, html, run_dirs, stages, failures)
@@ -149,10 +145,10 @@ def _merge_label_efficiency(main: Path, others: list[Path]) -> None:
     """Put the baselines' label-efficiency curves next to SimCLR's in ``OUT/eval/label_efficiency``."""
     from . import plots
 
-    path = main / "eval" / LABEL_EFFICIENCY / f"{LABEL_EFFICIENCY}.json"
+    path = label_efficiency_json(main / EVAL)
     curves = read_label_efficiency(path)
     for d in others:
-        curves.update(read_label_efficiency(d / "eval" / LABEL_EFFICIENCY / f"{LABEL_EFFICIENCY}.json"))
+        curves.update(read_label_efficiency(label_efficiency_json(d / EVAL)))
     if curves:
-        atomic_write_bytes((json.dumps(curves, indent=2) + "\n").encode(), path)
+        write_label_efficiency(path, curves)
         plots.plot_label_efficiency(curves, path.with_suffix(".png"))

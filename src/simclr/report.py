@@ -33,7 +33,9 @@ from typing import Any
 import yaml
 
 from . import plots
+from .config import PROTOCOLS
 from .errors import DataError
+from .rundir import LABEL_EFFICIENCY, METRICS, RUN_JSON, atomic_write, parse_label_efficiency
 
 __all__ = ["COLUMNS", "collect_run", "write_report"]
 
@@ -55,8 +57,7 @@ COLUMNS = (
 _NUMERIC = {"Batch size", "Projection dim", "Pretraining epochs", "Head epochs", "Test accuracy",
             "Test F1 (weighted)", "kNN accuracy", "Wall time"}
 
-PROTOCOL_ORDER = ("knn", "linear", "mlp", "finetune")
-LABEL_EFFICIENCY = "label_efficiency"
+PROTOCOL_ORDER = PROTOCOLS  # the order of config.PROTOCOLS (the protocol registry's names)
 NEIGHBORS = "neighbors"
 _PROTOCOL_TITLES = {"knn": "kNN", "linear": "Linear probe", "mlp": "MLP head", "finetune": "Fine-tuning",
                     LABEL_EFFICIENCY: "Label efficiency"}
@@ -121,42 +122,6 @@ def _pngs(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.png")) if p.is_file()}
 
 
-def _parse_label_efficiency(data: Any) -> dict[str, list[tuple[int, float]]]:
-    """Accept ``{method: [[n, acc], ...]}``, ``{method: [{"n_labels": n, "accuracy": a}, ...]}``,
-    ``{"results": ...}`` or ``[{"method": m, "n_labels": n, "accuracy": a}, ...]``."""
-
-    def point(item: Any) -> tuple[int, float] | None:
-        if isinstance(item, (list, tuple)) and len(item) >= 2:
-            n, a = item[0], item[1]
-        elif isinstance(item, dict):
-            n = next((item[k] for k in ("n_labels", "labels", "n", "n_train") if k in item), None)
-            a = next((item[k] for k in ("accuracy", "acc", "test_accuracy") if k in item), None)
-        else:
-            return None
-        try:
-            return int(n), float(a)
-        except (TypeError, ValueError):
-            return None
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    if isinstance(data, dict) and "results" in data:
-        return _parse_label_efficiency(data["results"])
-    if isinstance(data, dict):
-        for method, items in data.items():
-            if isinstance(items, list):
-                pts = [p for p in map(point, items) if p is not None]
-                if pts:
-                    out[str(method)] = sorted(pts)
-    elif isinstance(data, list):
-        for item in data:
-            if isinstance(item, dict):
-                p = point(item)
-                if p is not None:
-                    out.setdefault(str(item.get("method", "SimCLR")), []).append(p)
-        out = {k: sorted(v) for k, v in out.items()}
-    return out
-
-
 def collect_run(run_dir: str | os.PathLike) -> dict:
     """Read everything a run directory holds; missing or broken files become warnings, not errors.
 
@@ -192,7 +157,7 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
     else:
         warnings.append("config.yaml missing")
 
-    run = _read_json(root / "run.json", warnings)
+    run = _read_json(root / RUN_JSON, warnings)
     if run is None and not (root / "run.json").exists():
         warnings.append("run.json missing (run still starting, or interrupted before it was written)")
     run = run if isinstance(run, dict) else {}
@@ -209,7 +174,7 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
                 continue
             if d.name == LABEL_EFFICIENCY:
                 data = _read_json(d / f"{LABEL_EFFICIENCY}.json", warnings)
-                label_eff = {"results": _parse_label_efficiency(data) if data is not None else {},
+                label_eff = {"results": parse_label_efficiency(data) if data is not None else {},
                              "images": images}
                 continue
             m = _read_json(d / "metrics.json", warnings)
@@ -225,7 +190,7 @@ def collect_run(run_dir: str | os.PathLike) -> dict:
         "name": root.resolve().name,
         "config": config,
         "run": run,
-        "metrics": _read_metrics(root / "metrics.jsonl", warnings),
+        "metrics": _read_metrics(root / METRICS, warnings),
         "plots": _pngs(root / "plots"),
         "evals": {k: evals[k] for k in sorted(evals, key=order)},
         "label_efficiency": label_eff,
@@ -397,12 +362,26 @@ def _command(config: dict) -> str | None:
 
 def _run_blocks(run: dict, slug: str, images_dir: Path) -> list[tuple]:
     f = _run_facts(run)
-    blocks: list[tuple] = [("h", 2, f"{f['method']} — {run['name']}", f"run-{slug}")]
     metrics = run["metrics"]
     losses = [(r["epoch"], r["loss"]) for r in metrics if _num(r.get("epoch")) is not None
               and _num(r.get("loss")) is not None]
     knns = [(r["epoch"], r["knn_accuracy"]) for r in metrics if _num(r.get("epoch")) is not None
             and _num(r.get("knn_accuracy")) is not None]
+    blocks: list[tuple] = [("h", 2, f"{f['method']} — {run['name']}", f"run-{slug}")]
+    blocks += _facts_blocks(run, f, losses, knns)
+    blocks += _pretraining_blocks(run, losses, knns, images_dir / slug)
+    if not run["evals"] and not run["label_efficiency"]:
+        blocks.append(("p", "No evaluation results yet."))
+    for protocol, ev in run["evals"].items():
+        blocks += _eval_blocks(protocol, ev, f["method"])
+    if run["label_efficiency"]:
+        blocks += _label_efficiency_blocks(run["label_efficiency"], images_dir / slug)
+    return blocks
+
+
+def _facts_blocks(run: dict, f: dict, losses: list, knns: list) -> list[tuple]:
+    """What ran: the facts table, the command and the warnings of reading the run."""
+    metrics = run["metrics"]
     status = {True: "finished", False: "unfinished"}.get(f["finished"], DASH)
     epochs_text = _fmt_int(f["epochs"])
     if metrics and f["kind"] != "supervised":
@@ -427,79 +406,79 @@ def _run_blocks(run: dict, slug: str, images_dir: Path) -> list[tuple]:
     if speeds:
         facts.append(("Throughput", f"{speeds[-1]:,.0f} images/s (last epoch)"))
     facts.append(("Directory", str(run["dir"])))
-    blocks.append(("kv", facts))
+    blocks: list[tuple] = [("kv", facts)]
     cmd = _command(run["config"])
     if cmd:
         blocks += [("p", "Command:"), ("code", cmd)]
     if run["warnings"]:
         blocks.append(("warn", run["warnings"]))
+    return blocks
 
-    # Pretraining plots: the run's own files, or drawn here from metrics.jsonl when they are missing.
+
+def _pretraining_blocks(run: dict, losses: list, knns: list, images: Path) -> list[tuple]:
+    """Pretraining plots: the run's own files, or drawn here from metrics.jsonl when they are missing."""
     gallery = []
     pngs = dict(run["plots"])
     if "loss" not in pngs and losses:
-        pngs["loss"] = plots.plot_loss([e for e, _ in losses], [float(v) for _, v in losses],
-                                       images_dir / slug / "plots__loss.png")
+        pngs["loss"] = plots.plot_loss([e for e, _ in losses], [float(v) for _, v in losses], images / "plots__loss.png")
     if "knn" not in pngs and knns:
-        pngs["knn"] = plots.plot_knn([e for e, _ in knns], [float(v) for _, v in knns],
-                                     images_dir / slug / "plots__knn.png")
+        pngs["knn"] = plots.plot_knn([e for e, _ in knns], [float(v) for _, v in knns], images / "plots__knn.png")
     for stem in sorted(pngs, key=lambda s: (list(_PLOT_CAPTIONS).index(s) if s in _PLOT_CAPTIONS else 99, s)):
         gallery.append((_PLOT_CAPTIONS.get(stem, stem.replace("_", " ")), pngs[stem], f"plots__{stem}.png"))
+    return [("h", 3, "Pretraining", None), ("gallery", gallery)] if gallery else []
+
+
+def _eval_blocks(protocol: str, ev: dict, run_method: str) -> list[tuple]:
+    """One protocol's section: test metrics, per-class accuracy and its pictures."""
+    m = ev["metrics"]
+    title = _PROTOCOL_TITLES.get(protocol, protocol)
+    if m.get("method") and m.get("method") != run_method:
+        title += f" ({m['method']})"
+    blocks: list[tuple] = [("h", 3, f"Evaluation: {title}", None)]
+    if m:
+        kv = [("Test accuracy", _fmt_acc(m.get("accuracy"))),
+              ("Test F1 (weighted)", _fmt_f1(m.get("f1_weighted"))),
+              ("Test F1 (macro)", _fmt_f1(m.get("f1_macro"))),
+              ("Images (train / val / test)",
+               " / ".join(_fmt_int(m.get(k)) for k in ("n_train", "n_val", "n_test"))),
+              ("Head epochs", _fmt_int(m.get("head_epochs"))),
+              ("Wall time", _fmt_time(m.get("wall_time_s")))]
+        blocks.append(("kv", kv))
+        per_class = m.get("per_class_accuracy")
+        if isinstance(per_class, list):
+            per_class = {str(i): v for i, v in enumerate(per_class)}
+        if isinstance(per_class, dict) and per_class:
+            rows = [[str(k), _fmt_acc(v)] for k, v in per_class.items()]
+            blocks.append(("details", f"Per-class accuracy ({len(rows)} classes)",
+                           [("table", ["Class", "Accuracy"], rows, {1})]))
+    else:
+        blocks.append(("p", "metrics.json missing or unreadable."))
+    imgs = ev["images"]
+    ordered = sorted(imgs, key=lambda s: (list(_EVAL_CAPTIONS).index(s) if s in _EVAL_CAPTIONS else 99, s))
+    gallery = [(_EVAL_CAPTIONS.get(s, s.replace("_", " ")), imgs[s], f"eval__{protocol}__{s}.png") for s in ordered]
     if gallery:
-        blocks += [("h", 3, "Pretraining", None), ("gallery", gallery)]
+        blocks.append(("gallery", gallery))
+    return blocks
 
-    if not run["evals"] and not run["label_efficiency"]:
-        blocks.append(("p", "No evaluation results yet."))
-    for protocol, ev in run["evals"].items():
-        m = ev["metrics"]
-        title = _PROTOCOL_TITLES.get(protocol, protocol)
-        if m.get("method") and m.get("method") != f["method"]:
-            title += f" ({m['method']})"
-        blocks.append(("h", 3, f"Evaluation: {title}", None))
-        if m:
-            kv = [("Test accuracy", _fmt_acc(m.get("accuracy"))),
-                  ("Test F1 (weighted)", _fmt_f1(m.get("f1_weighted"))),
-                  ("Test F1 (macro)", _fmt_f1(m.get("f1_macro"))),
-                  ("Images (train / val / test)",
-                   " / ".join(_fmt_int(m.get(k)) for k in ("n_train", "n_val", "n_test"))),
-                  ("Head epochs", _fmt_int(m.get("head_epochs"))),
-                  ("Wall time", _fmt_time(m.get("wall_time_s")))]
-            blocks.append(("kv", kv))
-            per_class = m.get("per_class_accuracy")
-            if isinstance(per_class, list):
-                per_class = {str(i): v for i, v in enumerate(per_class)}
-            if isinstance(per_class, dict) and per_class:
-                rows = [[str(k), _fmt_acc(v)] for k, v in per_class.items()]
-                blocks.append(("details", f"Per-class accuracy ({len(rows)} classes)",
-                               [("table", ["Class", "Accuracy"], rows, {1})]))
-        else:
-            blocks.append(("p", "metrics.json missing or unreadable."))
-        imgs = ev["images"]
-        ordered = sorted(imgs, key=lambda s: (list(_EVAL_CAPTIONS).index(s) if s in _EVAL_CAPTIONS else 99, s))
-        gallery = [(_EVAL_CAPTIONS.get(s, s.replace("_", " ")), imgs[s], f"eval__{protocol}__{s}.png")
-                   for s in ordered]
-        if gallery:
-            blocks.append(("gallery", gallery))
 
-    le = run["label_efficiency"]
-    if le:
-        blocks.append(("h", 3, "Label efficiency", None))
-        results = le["results"]
-        if results:
-            ns = sorted({n for pts in results.values() for n, _ in pts})
-            rows = []
-            for method, pts in results.items():
-                d = dict(pts)
-                rows.append([method] + [_fmt_acc(d.get(n)) for n in ns])
-            blocks.append(("table", ["Method"] + [f"{n:,} labels" for n in ns], rows,
-                           set(range(1, len(ns) + 1))))
-        imgs = dict(le["images"])
-        if not imgs and results:
-            imgs[LABEL_EFFICIENCY] = plots.plot_label_efficiency(results, images_dir / slug / f"eval__{LABEL_EFFICIENCY}__{LABEL_EFFICIENCY}.png")
-        gallery = [(_EVAL_CAPTIONS.get(s, s.replace("_", " ")), p, f"eval__{LABEL_EFFICIENCY}__{s}.png")
-                   for s, p in sorted(imgs.items())]
-        if gallery:
-            blocks.append(("gallery", gallery))
+def _label_efficiency_blocks(le: dict, images: Path) -> list[tuple]:
+    """Accuracy against the number of labels: a table per method and the curve (drawn here if missing)."""
+    blocks: list[tuple] = [("h", 3, "Label efficiency", None)]
+    results = le["results"]
+    if results:
+        ns = sorted({n for pts in results.values() for n, _ in pts})
+        rows = []
+        for method, pts in results.items():
+            d = dict(pts)
+            rows.append([method] + [_fmt_acc(d.get(n)) for n in ns])
+        blocks.append(("table", ["Method"] + [f"{n:,} labels" for n in ns], rows, set(range(1, len(ns) + 1))))
+    imgs = dict(le["images"])
+    if not imgs and results:
+        imgs[LABEL_EFFICIENCY] = plots.plot_label_efficiency(results, images / f"eval__{LABEL_EFFICIENCY}__{LABEL_EFFICIENCY}.png")
+    gallery = [(_EVAL_CAPTIONS.get(s, s.replace("_", " ")), p, f"eval__{LABEL_EFFICIENCY}__{s}.png")
+               for s, p in sorted(imgs.items())]
+    if gallery:
+        blocks.append(("gallery", gallery))
     return blocks
 
 
@@ -710,12 +689,6 @@ def _html_page(body: str) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
     """Write ``report.md`` (images copied to ``out_dir/images/``) and a self-contained ``report.html``.
 
@@ -760,6 +733,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> tuple[Path, Path]:
 
     visit(blocks)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    _atomic_write(md_path, _render_md(blocks, links))
-    _atomic_write(html_path, _html_page(_render_html(blocks)))
+    md, page = _render_md(blocks, links).encode("utf-8"), _html_page(_render_html(blocks)).encode("utf-8")
+    atomic_write(md_path, lambda f: f.write(md))
+    atomic_write(html_path, lambda f: f.write(page))
     return md_path, html_path

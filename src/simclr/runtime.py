@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
+
+Log = Callable[..., None]  # where progress lines go: print, or a no-op on processes other than rank 0
 
 
 @dataclass
@@ -166,6 +169,9 @@ def launched_rank() -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0
     return int(os.environ.get("RANK", "0"))
+def seed_for(seed: int, epoch: int) -> int:
+    """The seed of one epoch's data order: a function of (seed, epoch) only, never of the rank or process count."""
+    return (seed * 1_000_003 + epoch) % (2**63)
 
 
 def init_distributed(device_name: str = "auto") -> Dist:
@@ -178,11 +184,6 @@ def init_distributed(device_name: str = "auto") -> Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -1,8 +1,8 @@
 """Streaming SimCLR batches for image folders too large for memory.
 
 DataLoader workers decode the files of a step and crop them; the main process finishes the augmentation batched
-on the device. The views are those of the device-resident path (:func:`simclr.train.device_batches`) for the same
-images: the same epoch order (:func:`simclr.train.epoch_permutation`), the same augmentation parameters
+on the device. The views are those of the device-resident path (:func:`simclr.batches.device_batches`) for the same
+images: the same epoch order (:func:`simclr.batches.epoch_permutation`), the same augmentation parameters
 (:func:`simclr.augment.batch_generator` of (seed, epoch, step), drawn for the GLOBAL batch, this process's rows),
 the same decoder and resize rule as :mod:`simclr.data`. Only the hand-over differs: workers run
 :func:`simclr.augment.apply_geometric` on the CPU and pass uint8 crops (rounded to the nearest grey level, at most
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import augment
+from .batches import epoch_permutation, process_rows, step_rows
 from .config import AugmentConfig, Config
 from .data import _read_image as read_image  # the decoder of load_split: the same pixels on both paths
 from .errors import DataError
@@ -71,14 +72,10 @@ class StepDataset(torch.utils.data.Dataset):
             return np.zeros((self.size, self.size, 3), dtype=np.uint8)
 
     def __getitem__(self, step: int) -> tuple[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]]:
-        lo, hi = self.rows
-        idx = self.order[step * self.batch : (step + 1) * self.batch][lo:hi].tolist()
+        idx = step_rows(self.order, step, self.batch, self.rows).tolist()
         images = torch.from_numpy(np.stack([self._decode(i) for i in idx])).permute(0, 3, 1, 2).contiguous()
-        g = augment.batch_generator(self.seed, self.epoch, step)
         out: list = []
-        for _ in range(2):  # view 0 then view 1, each drawn for the whole global batch, as simclr_views does
-            p = augment.sample_params(self.batch, self.size, self.out_size, self.aug, g)
-            p = {k: v[lo:hi] for k, v in p.items()}
+        for p in augment.view_params(self.batch, self.rows, self.size, self.out_size, self.aug, self.seed, self.epoch, step):
             crops = augment.apply_geometric(images, p, self.out_size)
             out += [crops.mul_(255.0).round_().to(torch.uint8), p]
         return tuple(out)
@@ -95,7 +92,7 @@ def stream_batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Two views of this process's rows of each global batch of an epoch, from image files, steps ``start...``.
 
-    Yields what :func:`simclr.train.device_batches` yields for the images ``load_split`` would decode from
+    Yields what :func:`simclr.batches.device_batches` yields for the images ``load_split`` would decode from
     ``paths`` (up to the uint8 rounding of the crops, see the module docstring).
 
     Args:
@@ -110,16 +107,13 @@ def stream_batches(
     Yields:
         (view0, view1): float32 [b, 3, out, out] each, normalised, on ``rt.device``; b = batch / world size.
     """
-    from .train import epoch_permutation  # train imports this module lazily; avoid an import cycle
-
     B = cfg.train.batch_size
-    b = B // rt.world_size
     steps = len(paths) // B  # the last partial batch is dropped, as on the device path
     if start >= steps:
         return
     workers = cfg.data.workers if workers is None else workers
     dataset = StepDataset(
-        paths, epoch_permutation(len(paths), cfg.train.seed, epoch), B, (rt.rank * b, (rt.rank + 1) * b),
+        paths, epoch_permutation(len(paths), cfg.train.seed, epoch), B, process_rows(B, rt),
         size, cfg.model.image_size, cfg.augment, cfg.train.seed, epoch, cfg.data.strict,
     )
     device = rt.device

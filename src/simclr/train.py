@@ -14,28 +14,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import augment
+from . import augment, rundir
+from .batches import device_batches
 from .budget import MEASURE_STEPS, BudgetClock, BudgetPlan, parse_duration
-from .checkpoint import atomic_save, atomic_write_bytes, config_differences, load_checkpoint, save_weights
-from .config import Config, save_config, to_dict
-from .data import (
-    ImageData,
-    decode_files,
-    list_images,
-    load_split,
-    make_splits,
-    report_unreadable,
-    split_labels,
-    to_device_checked,
-)
+from .checkpoint import atomic_save, config_differences, load_checkpoint, save_weights
+from .config import Config, TrainConfig, save_config, to_dict
+from .data import ImageData, to_device_checked
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
-from .evaluate import knn_accuracy
+from .evaluate.knn import knn_accuracy
 from .loss import nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer, warmup_steps
 from .runlock import lock_for_training
 from .runtime import (
     Dist,
+    Log,
     autocast,
     barrier,
     configure_device,
@@ -44,28 +37,8 @@ from .runtime import (
     resolve_precision,
     seed_everything,
 )
-
-# Streaming path (data.stream): the kNN monitor's bank (labeled_train) and queries (labeled_val) are the only
-# images decoded into memory, so on huge folders they are capped at a seeded random subset of this many images
-# each; memory stays bounded (10,000 + 5,000 images of S = 96 px is about 400 MB of uint8). The in-memory path
-# already holds every image and monitors with all of them.
-STREAM_KNN_BANK = 10_000
-STREAM_KNN_QUERIES = 5_000
-
-
-@dataclass
-class StreamedImages:
-    """The pretraining images of the streaming path: their files and the side S they decode at, never pixels.
-
-    DataLoader workers decode each step's files (:mod:`simclr.stream`) and are the ones that find unreadable
-    files, so there is no ``skipped`` list here.
-    """
-
-    paths: list[str]
-    size: int
-
-    def __len__(self) -> int:
-        return len(self.paths)
+from .splits import StreamedImages, pretraining_sets, preview_images
+from .stream import stream_batches
 
 
 @dataclass
@@ -84,43 +57,307 @@ class TrainState:
     budget: dict | None = None  # the BudgetPlan of a run with train.budget (simclr.budget)
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """Data order for an epoch: a function of (seed, epoch) only, never of the rank or the process count."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
-    return torch.randperm(n, generator=g)
+# ----------------------------------------------------------------------------- the run
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> bool:
-    """Write the checkpoint atomically; weights that are no longer finite are never written over a good one."""
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        return False
-    atomic_save(
-        {
-            "version": 1,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "state": {k: v for k, v in state.__dict__.items()},
-            "config": to_dict(cfg),
-        },
-        path,
-    )
-    return True
+def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log: Log = print,
+             backbone: nn.Module | None = None) -> Path:
+    """Train a SimCLR encoder as configured and leave a self-describing run directory ``cfg.out``.
 
-
-def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Two views per image of each global batch from device-resident uint8 ``images`` [N,3,S,S], steps ``start...``.
-
-    Each process takes its ``batch_size / world_size`` rows of every global batch; the data order and the
-    augmentation parameters depend only on (seed, epoch, step), so the views do not depend on the process count.
+    The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt``, ``backbone.safetensors``,
+    ``projection_head.safetensors``, ``run.json``, TensorBoard events and ``plots/`` (see :mod:`simclr.rundir`).
+    ``backbone``: your own encoder module instead of the registry's ``model.backbone`` (trained in place).
+    Returns its path.
     """
-    B = cfg.train.batch_size
-    b = B // rt.world_size
-    perm = epoch_permutation(len(images), cfg.train.seed, epoch).to(images.device)
-    for it in range(start, len(images) // B):  # drop the last partial batch: NT-Xent wants full batches
-        idx = perm[it * B : (it + 1) * B][rt.rank * b : (rt.rank + 1) * b]
-        with torch.no_grad():
-            views = augment.simclr_views(images[idx], cfg.augment, cfg.model.image_size, cfg.train.seed, epoch, it, global_batch=B, offset=rt.rank * b)
-        yield views  # outside no_grad: a suspended generator would leave grad mode off for the caller
+    rt = init_distributed(cfg.train.device)
+    lock = None
+    try:
+        lock = lock_for_training(cfg.out, rt)  # one writer per run directory
+        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None), backbone)
+    finally:
+        if lock is not None:
+            lock.release()
+        if rt.distributed:
+            dist.destroy_process_group()
+
+
+def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log, backbone: nn.Module | None = None) -> Path:
+    started = time.perf_counter()
+    device, B, run_dir = rt.device, cfg.train.batch_size, Path(cfg.out)
+    precision = resolve_precision(cfg.train.precision, device)
+    configure_device(device, cfg.train.reuse_memory, cfg.train.deterministic)
+    if B % rt.world_size:
+        raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
+    saved = _saved_run(run_dir, cfg, resume)
+
+    seed_everything(cfg.train.seed)
+    with local_main_first(rt):  # local rank 0 downloads / decodes into the cache; the others then read it
+        pre, bank, queries = pretraining_sets(cfg, cfg.train.seed, log)
+    steps_per_epoch = len(pre) // B
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
+    # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
+    images = to_device_checked(pre.images, device) if isinstance(pre, ImageData) else None
+    log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
+        + (f", {rt.world_size} processes" if rt.distributed else ""))
+
+    model, net, optimizer, state = _build(cfg, rt, saved, precision, log, backbone)
+    plan = budget_plan(cfg, state, steps_per_epoch, log)
+    schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs, plan=plan)
+    clock = None
+    if plan is not None:
+        monitor_images = len(bank) + len(queries) if bank is not None and cfg.train.knn_every else 0
+        clock = BudgetClock(plan, B, state.wall_time + time.perf_counter() - started, monitor_images)
+    writer = _open_run_dir(run_dir, cfg, pre, state, command, fresh=saved is None) if rt.is_main else None
+    since = [time.perf_counter()]  # wall time not yet added to state.wall_time
+
+    def checkpoint() -> None:
+        if plan is not None:
+            state.budget = plan.to_dict()
+        if rt.is_main:
+            state.wall_time += time.perf_counter() - since[0]
+            since[0] = time.perf_counter()
+            if not save_checkpoint(run_dir / rundir.CHECKPOINT, model, optimizer, state, cfg):
+                log(f"warning: weights are not finite at global step {state.global_step}; kept the previous checkpoint")
+        barrier()
+
+    def finished() -> bool:
+        return plan.done(state.global_step) if plan is not None else state.epoch >= cfg.train.epochs
+
+    while not finished():
+        first_step = state.step_in_epoch
+        if isinstance(pre, StreamedImages):
+            batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
+        else:
+            batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
+        train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint,
+                        log=log, clock=clock)
+        line = _epoch_line(state, optimizer, (state.step_in_epoch - first_step) * B)
+        if bank is not None and _knn_due(line["epoch"], cfg.train, finished()):
+            t0 = time.perf_counter()
+            if rt.is_main:
+                line["knn_accuracy"] = knn_accuracy(
+                    unwrap(net).backbone, bank, queries, cfg.model.image_size, cfg.augment, device, precision,
+                    k=cfg.train.knn_k, t=cfg.train.knn_t, batch_size=max(B, 256),
+                )
+            barrier()
+            if clock is not None:
+                clock.note("monitor", time.perf_counter() - t0)
+        state.history.append(line)
+        state.epoch, state.step_in_epoch = line["epoch"], 0
+        state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
+        t0 = time.perf_counter()
+        checkpoint()
+        line["checkpoint_time_s"] = time.perf_counter() - t0  # wall time of an epoch: epoch_time_s + this
+        if clock is not None:
+            clock.note("checkpoint", line["checkpoint_time_s"])
+        if rt.is_main:
+            _record_epoch(run_dir, state.history, _epochs_label(cfg, plan, steps_per_epoch), writer, log)
+
+    if rt.is_main:
+        finish_run(run_dir, unwrap(net), cfg, state, precision)
+        if writer is not None:
+            writer.close()
+    barrier()
+    log(f"pretraining done in {time.perf_counter() - started:.0f} s: {run_dir}")
+    return run_dir
+
+
+def _saved_run(run_dir: Path, cfg: Config, resume: bool) -> dict | None:
+    """The checkpoint to resume from (None for a new run); refuses a config that changes the model or data, and a
+    new run over an existing one."""
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    if not resume:
+        if ckpt_path.exists():
+            raise ConfigError(f"{run_dir} already holds a run (checkpoints/last.pt); continue it with --resume or choose another --out")
+        return None
+    saved = load_checkpoint(ckpt_path)
+    diffs = config_differences(saved["config"], to_dict(cfg))
+    if diffs:
+        raise CheckpointError(
+            f"--resume refused: the config differs from the run in {run_dir} in keys that change the model or data: "
+            + "; ".join(diffs) + ". Use the original values, or start a new run with another --out"
+        )
+    return saved
+
+
+def _build(cfg: Config, rt: Dist, saved: dict | None, precision: str, log: Log, backbone: nn.Module | None = None):
+    """(model, the module to train (DDP / compiled wrapper), optimizer, state), restored from ``saved``."""
+    device, B = rt.device, cfg.train.batch_size
+    model = build_model(cfg.model, backbone).to(device, torch.float64 if precision == "fp64" else torch.float32)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and rt.distributed:
+        model = convert_sync_batchnorm(model, device, cfg.train.sync_bn_impl)
+    optimizer = build_optimizer(cfg.optim, model, B)
+    state = TrainState()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = TrainState(**saved["state"])
+        log(f"resumed from {Path(cfg.out) / rundir.CHECKPOINT} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+    net: nn.Module = model
+    if rt.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    return model, net, optimizer, state
+
+
+def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log: Log) -> BudgetPlan | None:
+    """The run's :class:`BudgetPlan`: the saved one when resuming a budgeted run (with or without ``--budget``
+    again), a new one for ``train.budget``, else None."""
+    if state.budget:
+        plan = BudgetPlan(**state.budget)
+        log(f"budget: resuming the plan of {plan.total_steps} steps, {max(plan.budget_s - state.wall_time, 0):.0f} s "
+            f"of {plan.budget_s:.0f} s left")
+        return plan
+    if cfg.train.budget is None:
+        return None
+    if state.global_step:
+        raise ConfigError("train.budget: this run was started without a budget; resume it without --budget "
+                          "(or start a new run with another --out)")
+    budget_s = parse_duration(cfg.train.budget)
+    log(f"budget {cfg.train.budget} ({budget_s:.0f} s): the number of steps is planned after "
+        f"{MEASURE_STEPS + 1} measured steps (train.epochs is not used)")
+    return BudgetPlan(budget_s=budget_s, warmup_steps=warmup_steps(cfg.optim, steps_per_epoch))
+
+
+def _open_run_dir(run_dir: Path, cfg: Config, pre: ImageData | StreamedImages, state: TrainState, command: str | None,
+                  fresh: bool):
+    """Folders, ``config.yaml``, ``skipped_files.txt``, ``metrics.jsonl`` as of ``state``, the augmentation preview
+    (new runs) and a TensorBoard writer (None if tensorboard cannot be imported). Main process only."""
+    (run_dir / rundir.PLOTS).mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.remove_temporaries(ckpt_path)
+    save_config(cfg, run_dir / rundir.CONFIG, {"command": command or "", "kind": "simclr"})
+    if isinstance(pre, ImageData) and pre.skipped:  # unreadable files were skipped with one warning; keep the list
+        rundir.atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / rundir.SKIPPED_FILES)
+    rundir.write_metrics(run_dir, state.history)
+    if cfg.train.preview and fresh:
+        shown = preview_images(pre, cfg.train.seed)
+        if len(shown):
+            augment.save_preview(shown, cfg.augment, cfg.model.image_size, run_dir / rundir.PLOTS / "augment_preview.png",
+                                 seed=cfg.train.seed)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run_dir / "tb"))
+    except ImportError:  # tensorboard is a declared dependency; a broken install should not stop training
+        return None
+
+
+def _epoch_line(state: TrainState, optimizer: torch.optim.Optimizer, seen: int) -> dict:
+    """The metrics.jsonl record of the epoch just trained (``seen`` images in this process's run of it)."""
+    return {
+        "epoch": state.epoch + 1,
+        "step": state.global_step,
+        "loss": state.epoch_loss_sum / max(state.epoch_loss_steps, 1) if state.epoch_loss_steps else float("nan"),
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_sec": seen / max(state.epoch_time, 1e-9),
+        "epoch_time_s": state.epoch_time,
+    }
+
+
+def _knn_due(epoch: int, tc: TrainConfig, last: bool) -> bool:
+    """Whether the kNN monitor runs after ``epoch`` (1-based): every ``train.knn_every`` epochs and after the
+    ``last`` one; never with ``train.knn_every: 0``."""
+    k = tc.knn_every
+    return bool(k) and (epoch % k == 0 or last)
+
+
+def _epochs_label(cfg: Config, plan: BudgetPlan | None, steps_per_epoch: int) -> str:
+    """How many epochs the run will have, for log lines: the configured ones or the budget's plan."""
+    if plan is None:
+        return str(cfg.train.epochs)
+    return f"{plan.total_steps / steps_per_epoch:.1f} planned" if plan.planned else "(planning)"
+
+
+def _record_epoch(run_dir: Path, history: list[dict], epochs: str, writer, log: Log) -> None:
+    """The epoch just finished (``history[-1]``) into metrics.jsonl, TensorBoard and the log. metrics.jsonl is
+    rewritten whole and atomically, so a reader (evaluate, report on a run still training) never sees half a line."""
+    rundir.write_metrics(run_dir, history)
+    line = history[-1]
+    done = line["epoch"]
+    if writer is not None:
+        for key in ("loss", "lr", "images_per_sec", "knn_accuracy"):
+            if key in line and math.isfinite(line[key]):
+                writer.add_scalar(f"pretrain/{key}", line[key], done)
+        writer.flush()
+    knn = f", kNN {line['knn_accuracy']:.4f}" if "knn_accuracy" in line else ""
+    log(f"epoch {done}/{epochs}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, {line['images_per_sec']:.0f} img/s{knn}")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    cfg: Config,
+    state: TrainState,
+    rt: Dist,
+    precision: str,
+    on_checkpoint=None,
+    log: Log = print,
+    clock: BudgetClock | None = None,
+) -> None:
+    """Train on ``batches`` (pairs of views [b,3,H,W], this process's rows) for steps ``state.step_in_epoch..steps``.
+
+    ``steps`` is the number of global batches in the epoch; ``state`` is advanced step by step so that a checkpoint
+    taken at any step boundary resumes exactly. The loss is read from the device every :func:`sync_interval` steps,
+    before each checkpoint and at the end of the epoch; a non-finite loss stops training there (the error names the
+    first bad step; its weights are never checkpointed), or is skipped before its update with
+    ``train.skip_nonfinite``. With a budget ``clock`` the epoch also ends where the budget's plan ends.
+    """
+    tc = cfg.train
+    device = next(model.parameters()).device
+    model.train()
+    every = sync_interval(tc, device)
+    tally = _LossTally(device, rt, reduce=every > 1)
+    progress = Progress(steps, state.step_in_epoch, tc.batch_size, f"epoch {state.epoch + 1}",
+                        tc.progress and rt.is_main, log)
+    lr = float("nan")
+
+    def settle() -> None:
+        bad = tally.settle(state)
+        if bad is not None:
+            raise _nonfinite_error("non-finite (nan or inf)", state, bad, lr, cfg, precision)
+
+    for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
+        lr = schedule(state.global_step)
+        loss = simclr_loss(model, v0, v1, device, precision, tc.channels_last, tc.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        if every == 1 and not _finite_on_every_rank(loss, rt):  # read before the update: a bad step can be skipped
+            state.nonfinite_skipped += 1
+            if state.nonfinite_skipped > tc.skip_nonfinite:
+                raise _nonfinite_error(loss.item(), state, state.global_step + 1, lr, cfg, precision)
+            log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{tc.skip_nonfinite})")
+        else:
+            loss.backward()
+            optimizer.step()
+            tally.add(loss.detach(), state.global_step + 1)
+        state.global_step += 1
+        state.step_in_epoch = it + 1
+        if state.global_step % every == 0:
+            settle()
+        progress.step(tally.mean, lr, settled=tally.count == 0)
+        if clock is not None and clock.after_step(state.global_step):
+            break
+        if on_checkpoint is not None and tc.checkpoint_every and state.global_step % tc.checkpoint_every == 0 and state.step_in_epoch < steps:
+            settle()
+            state.epoch_time += progress.restart_clock()
+            t0 = time.perf_counter()
+            on_checkpoint()
+            if clock is not None:
+                clock.note("checkpoint", time.perf_counter() - t0)
+    settle()  # also waits for the device, so the epoch time below is the time the work took
+    state.epoch_time += progress.restart_clock()
+    progress.close()
 
 
 def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: torch.device, precision: str,
@@ -137,6 +374,24 @@ def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: to
         _, z = model(views)
     z0, z1 = z.to(torch.promote_types(z.dtype, torch.float32)).chunk(2)
     return nt_xent(z0, z1, temperature)
+
+
+def sync_interval(tc: TrainConfig, device: torch.device) -> int:
+    """Steps between reads of the loss: 1 where reading is free (CPU) or a bad step must be skipped before its
+    update (``train.skip_nonfinite``); else ``train.sync_every``, 0 meaning 50 on GPUs."""
+    if tc.skip_nonfinite:
+        return 1
+    if tc.sync_every:
+        return tc.sync_every
+    return 1 if device.type == "cpu" else 50
+
+
+def _finite_on_every_rank(loss: torch.Tensor, rt: Dist) -> bool:
+    """Whether the step's loss is finite on every process (one host-device synchronisation)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if rt.distributed:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips (or stops) together
+    return finite.item() >= 1
 
 
 class _LossTally:
@@ -186,199 +441,67 @@ def _nonfinite_error(value: float | str, state: TrainState, global_step: int, lr
     )
 
 
-def sync_interval(cfg: Config, device: torch.device) -> int:
-    """Steps between reads of the loss: 1 where reading is free (CPU) or a bad step must be skipped before its
-    update (``train.skip_nonfinite``); else ``train.sync_every``, 0 meaning 50 on GPUs."""
-    if cfg.train.skip_nonfinite:
-        return 1
-    if cfg.train.sync_every:
-        return cfg.train.sync_every
-    return 1 if device.type == "cpu" else 50
+class Progress:
+    """An epoch's progress for a person, and its clock: a tqdm bar on a terminal, else a plain line every 30 s
+    (log files, CI); nothing when ``enabled`` is false (``train.progress`` off, or not the main process)."""
+
+    LINE_EVERY_S = 30
+
+    def __init__(self, steps: int, first_step: int, batch_size: int, desc: str, enabled: bool, log: Log):
+        self.steps, self.done, self.batch_size, self.desc, self.enabled, self.log = steps, first_step, batch_size, desc, enabled, log
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=first_step, desc=desc, leave=False, dynamic_ncols=True)
+        self.t0 = self.last_line = time.perf_counter()
+        self.images = 0  # images of this process's steps since t0
+
+    def restart_clock(self) -> float:
+        """Seconds since the clock last started (the epoch's start or the last checkpoint); restarts it."""
+        now = time.perf_counter()
+        elapsed, self.t0, self.images = now - self.t0, now, 0
+        return elapsed
+
+    def step(self, loss: float, lr: float, settled: bool) -> None:
+        """One step done; ``loss`` is the mean of the last settled steps, fresh when ``settled``."""
+        self.done += 1
+        self.images += self.batch_size
+        now = time.perf_counter()
+        rate = self.images / max(now - self.t0, 1e-9)
+        if self.bar is not None:
+            if settled:  # the loss is known without waiting for the device
+                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", refresh=False)
+            self.bar.update(1)
+        elif self.enabled and now - self.last_line > self.LINE_EVERY_S:
+            self.last_line = now
+            eta = (self.steps - self.done) * self.batch_size / max(rate, 1e-9)
+            self.log(f"  {self.desc} step {self.done}/{self.steps}: loss {loss:.4f}, lr {lr:.3g}, {rate:.0f} img/s, "
+                     f"epoch ETA {eta:.0f} s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    steps: int,
-    cfg: Config,
-    state: TrainState,
-    rt: Dist,
-    precision: str,
-    on_checkpoint=None,
-    log=print,
-    clock: BudgetClock | None = None,
-) -> None:
-    """Train on ``batches`` (pairs of views [b,3,H,W], this process's rows) for steps ``state.step_in_epoch..steps``.
-
-    ``steps`` is the number of global batches in the epoch; ``state`` is advanced step by step so that a checkpoint
-    taken at any step boundary resumes exactly. The loss is read from the device every :func:`sync_interval` steps,
-    before each checkpoint and at the end of the epoch; a non-finite loss stops training there (the error names the
-    first bad step; its weights are never checkpointed), or is skipped before its update with
-    ``train.skip_nonfinite``. With a budget ``clock`` the epoch also ends where the budget's plan ends.
-    """
-    B = cfg.train.batch_size
-    device = next(model.parameters()).device
-    model.train()
-    every = sync_interval(cfg, device)
-    tally = _LossTally(device, rt, reduce=every > 1)
-    show = cfg.train.progress and rt.is_main and sys.stderr.isatty()
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}", leave=False, dynamic_ncols=True)
-    t0 = last_line = time.perf_counter()
-    done_since_t0 = 0
-    lr = float("nan")
-
-    def settle() -> None:
-        bad = tally.settle(state)
-        if bad is not None:
-            raise _nonfinite_error("non-finite (nan or inf)", state, bad, lr, cfg, precision)
-
-    for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
-        lr = schedule(state.global_step)
-        loss = simclr_loss(model, v0, v1, device, precision, cfg.train.channels_last, cfg.train.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        bad = False
-        if every == 1:  # read the loss before the update: a bad step can be skipped
-            finite = torch.isfinite(loss.detach()).float()
-            if rt.distributed:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips (or stops) together
-            bad = finite.item() < 1
-        if bad:
-            state.nonfinite_skipped += 1
-            if state.nonfinite_skipped > cfg.train.skip_nonfinite:
-                raise _nonfinite_error(loss.item(), state, state.global_step + 1, lr, cfg, precision)
-            log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{cfg.train.skip_nonfinite})")
-        else:
-            loss.backward()
-            optimizer.step()
-            tally.add(loss.detach(), state.global_step + 1)
-        state.global_step += 1
-        state.step_in_epoch = it + 1
-        done_since_t0 += B
-        if state.global_step % every == 0:
-            settle()
-        if clock is not None and clock.after_step(state.global_step):
-            break
-        if bar is not None:
-            if tally.count == 0:  # just settled: the loss is known without waiting for the device
-                rate = done_since_t0 / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{tally.mean:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", refresh=False)
-            bar.update(1)
-        elif rt.is_main and cfg.train.progress and time.perf_counter() - last_line > 30:
-            # not a terminal (a log file, CI): a plain line every 30 s so progress stays visible
-            last_line = time.perf_counter()
-            rate = done_since_t0 / max(last_line - t0, 1e-9)
-            eta = (steps - it - 1) * B / max(rate, 1e-9)
-            log(f"  epoch {state.epoch + 1} step {it + 1}/{steps}: loss {tally.mean:.4f}, "
-                f"lr {lr:.3g}, {rate:.0f} img/s, epoch ETA {eta:.0f} s")
-        ck_every = cfg.train.checkpoint_every
-        if on_checkpoint is not None and ck_every and state.global_step % ck_every == 0 and state.step_in_epoch < steps:
-            settle()
-            state.epoch_time += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            done_since_t0 = 0
-            on_checkpoint()
-            if clock is not None:
-                clock.note("checkpoint", time.perf_counter() - t0)
-    settle()  # also waits for the device, so the epoch time below is the time the work took
-    state.epoch_time += time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+# ----------------------------------------------------------------------------- checkpoints and exports
 
 
-def _labeled_sets(cfg: Config, seed: int, log) -> tuple[ImageData | StreamedImages, ImageData | None, ImageData | None]:
-    """(pretraining images, kNN bank, kNN queries): the monitor never looks at the test set.
-
-    With ``data.stream`` the pretraining images stay files (the same split of the same file list, from
-    :func:`simclr.data.list_images` and :func:`simclr.data.split_labels`); only the monitor sets are decoded.
-    """
-    if cfg.data.stream:
-        paths, labels, classes, size = list_images(cfg.data, "train", cfg.model.image_size, seed, log)
-        if _too_few_classes(labels, log):
-            return StreamedImages(paths, size), None, None
-        splits = split_labels(labels, cfg.data, seed, classes)
-        streamed = StreamedImages([paths[i] for i in splits["pretrain"].tolist()], size)
-        if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
-            return streamed, None, None
-        bank, queries = (
-            _monitor_set(paths, labels, classes, splits[name], cap, size, cfg, seed, log, name)
-            for name, cap in (("labeled_train", STREAM_KNN_BANK), ("labeled_val", STREAM_KNN_QUERIES))
-        )
-        return streamed, bank, queries
-    if cfg.data.name == "stl10":
-        pre = load_split(cfg.data, "unlabeled", cfg.model.image_size, seed=seed, log=log)
-        labeled = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
-        splits = make_splits(labeled, cfg.data, seed)
-    else:
-        data = load_split(cfg.data, "train", cfg.model.image_size, seed=seed, log=log)
-        if _too_few_classes(data.labels, log):
-            return data, None, None
-        splits = make_splits(data, cfg.data, seed)
-        pre, labeled = data.subset(splits["pretrain"]), data
-    if len(splits["labeled_train"]) == 0 or len(splits["labeled_val"]) == 0:
-        return pre, None, None
-    return pre, labeled.subset(splits["labeled_train"]), labeled.subset(splits["labeled_val"])
-
-
-def _too_few_classes(labels: torch.Tensor, log) -> bool:
-    """True (with a note) when the labels span fewer than 2 classes: no labeled split and no kNN monitor then."""
-    if int(labels[labels >= 0].unique().numel()) >= 2:
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> bool:
+    """Write the checkpoint atomically; weights that are no longer finite are never written over a good one."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
         return False
-    log("note: fewer than 2 labeled classes, so pretraining uses every image and the kNN monitor is off")
+    atomic_save(
+        {
+            "version": 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": {k: v for k, v in state.__dict__.items()},
+            "config": to_dict(cfg),
+        },
+        path,
+    )
     return True
-
-
-def _monitor_set(
-    paths: list[str], labels: torch.Tensor, classes: list[str], index: torch.Tensor, cap: int, size: int, cfg: Config, seed: int, log, name: str
-) -> ImageData:
-    """Decode rows ``index`` of a streamed file list for the kNN monitor: at most ``cap`` of them, a seeded pick.
-
-    Unreadable files are left out with a warning (an error with ``data.strict``), as :func:`simclr.data.load_split`
-    does; the pretraining files are not scanned for them (the loader workers report those).
-    """
-    if len(index) > cap:
-        keep = torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))[:cap]
-        log(f"kNN monitor ({name}): decoding a seeded {cap} of its {len(index)} images (data.stream)")
-        index = index[keep].sort().values
-    data = decode_files([paths[i] for i in index.tolist()], labels[index], classes, size, log, what=f"kNN monitor ({name}) images")
-    report_unreadable(data.skipped, cfg.data.strict, f"the kNN monitor's {name} images", log)
-    return data
-
-
-def _preview_images(pre: ImageData | StreamedImages, seed: int) -> torch.Tensor:
-    """uint8 ``[k, 3, S, S]``: 8 seeded pretraining images for the augmentation preview (k < 8 if some are unreadable).
-
-    On the streaming path just those files are decoded.
-    """
-    pick = torch.randperm(len(pre), generator=torch.Generator().manual_seed(seed))[:8]  # a spread of classes
-    if isinstance(pre, ImageData):
-        return pre.images[pick]
-    files = [pre.paths[i] for i in pick.tolist()]
-    return decode_files(files, [-1] * len(files), [], pre.size, log=lambda _: None).images
-
-
-def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log) -> BudgetPlan | None:
-    """The run's :class:`BudgetPlan`: the saved one when resuming a budgeted run (with or without ``--budget``
-    again), a new one for ``train.budget``, else None."""
-    if state.budget:
-        plan = BudgetPlan(**state.budget)
-        log(f"budget: resuming the plan of {plan.total_steps} steps, {max(plan.budget_s - state.wall_time, 0):.0f} s "
-            f"of {plan.budget_s:.0f} s left")
-        return plan
-    if cfg.train.budget is None:
-        return None
-    if state.global_step:
-        raise ConfigError("train.budget: this run was started without a budget; resume it without --budget "
-                          "(or start a new run with another --out)")
-    budget_s = parse_duration(cfg.train.budget)
-    log(f"budget {cfg.train.budget} ({budget_s:.0f} s): the number of steps is planned after "
-        f"{MEASURE_STEPS + 1} measured steps (train.epochs is not used)")
-    return BudgetPlan(budget_s=budget_s, warmup_steps=warmup_steps(cfg.optim, steps_per_epoch))
 
 
 def unwrap(model: nn.Module) -> SimCLR:
@@ -386,186 +509,13 @@ def unwrap(model: nn.Module) -> SimCLR:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
-def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log=print, backbone: nn.Module | None = None) -> Path:
-    """Train a SimCLR encoder as configured and leave a self-describing run directory ``cfg.out``.
-
-    The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt``, ``backbone.safetensors``,
-    ``projection_head.safetensors``, ``run.json``, TensorBoard events and ``plots/``. Returns its path.
-    """
-    rt = init_distributed(cfg.train.device)
-    lock = None
-    try:
-        lock = lock_for_training(cfg.out, rt)  # one writer per run directory
-        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None), backbone)
-    finally:
-        if lock is not None:
-            lock.release()
-        if rt.distributed:
-            dist.destroy_process_group()
-
-
-def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log, backbone: nn.Module | None = None) -> Path:
-    started = time.perf_counter()
-    device = rt.device
-    precision = resolve_precision(cfg.train.precision, device)
-    configure_device(device, cfg.train.reuse_memory, cfg.train.deterministic)
-    B = cfg.train.batch_size
-    if B % rt.world_size:
-        raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
-    run_dir = Path(cfg.out)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
-    saved = None
-    if resume:
-        saved = load_checkpoint(ckpt_path)
-        diffs = config_differences(saved["config"], to_dict(cfg))
-        if diffs:
-            raise CheckpointError(
-                f"--resume refused: the config differs from the run in {run_dir} in keys that change the model or data: "
-                + "; ".join(diffs) + ". Use the original values, or start a new run with another --out"
-            )
-    elif ckpt_path.exists():
-        raise ConfigError(f"{run_dir} already holds a run (checkpoints/last.pt); continue it with --resume or choose another --out")
-
-    seed_everything(cfg.train.seed)
-    with local_main_first(rt):  # local rank 0 downloads / decodes into the cache; the others then read it
-        pre, bank, queries = _labeled_sets(cfg, cfg.train.seed, log)
-    steps_per_epoch = len(pre) // B
-    if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
-    # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
-    images = to_device_checked(pre.images, device) if isinstance(pre, ImageData) else None
-    log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
-        + (f", {rt.world_size} processes" if rt.distributed else ""))
-
-    model = build_model(cfg.model, backbone).to(device, torch.float64 if precision == "fp64" else torch.float32)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.train.sync_bn and rt.distributed:
-        model = convert_sync_batchnorm(model, device, cfg.train.sync_bn_impl)
-    optimizer = build_optimizer(cfg.optim, model, B)
-    state = TrainState()
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = TrainState(**saved["state"])
-        log(f"resumed from {ckpt_path} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
-    plan = budget_plan(cfg, state, steps_per_epoch, log)
-    schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs, plan=plan)
-    clock = None
-    if plan is not None:
-        monitor_images = len(bank) + len(queries) if bank is not None and cfg.train.knn_every else 0
-        clock = BudgetClock(plan, B, state.wall_time + time.perf_counter() - started, monitor_images)
-    net: nn.Module = model
-    if rt.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
-        net = torch.compile(net)
-
-    writer = None
-    if rt.is_main:
-        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for stale in (run_dir / "checkpoints").glob(".last.pt.tmp*"):  # left by a process killed while writing
-            stale.unlink(missing_ok=True)
-        save_config(cfg, run_dir / "config.yaml", {"command": command or "", "kind": "simclr"})
-        if isinstance(pre, ImageData) and pre.skipped:  # unreadable files were skipped with one warning; keep the list
-            atomic_write_bytes("".join(p + "\n" for p in pre.skipped).encode(), run_dir / "skipped_files.txt")
-        # metrics.jsonl holds each finished epoch once, also after a resume
-        atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
-        if cfg.train.preview and saved is None:
-            shown = _preview_images(pre, cfg.train.seed)
-            if len(shown):
-                augment.save_preview(shown, cfg.augment, cfg.model.image_size, run_dir / "plots" / "augment_preview.png", seed=cfg.train.seed)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tb"))
-        except ImportError:  # tensorboard is a declared dependency; a broken install should not stop training
-            writer = None
-
-    def checkpoint() -> None:
-        if plan is not None:
-            state.budget = plan.to_dict()
-        if rt.is_main:
-            state.wall_time += time.perf_counter() - started_ckpt[0]
-            started_ckpt[0] = time.perf_counter()
-            if not save_checkpoint(ckpt_path, model, optimizer, state, cfg):
-                log(f"warning: weights are not finite at global step {state.global_step}; kept the previous checkpoint")
-        barrier()
-
-    started_ckpt = [time.perf_counter()]
-    def finished() -> bool:
-        return plan.done(state.global_step) if plan is not None else state.epoch >= cfg.train.epochs
-
-    while not finished():
-        epoch_start_step = state.step_in_epoch
-        if isinstance(pre, StreamedImages):
-            from .stream import stream_batches
-
-            batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
-        else:
-            batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
-        train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint, log=log,
-                        clock=clock)
-        done = state.epoch + 1
-        seen = (state.step_in_epoch - epoch_start_step) * B
-        line = {
-            "epoch": done,
-            "step": state.global_step,
-            "loss": state.epoch_loss_sum / max(state.epoch_loss_steps, 1) if state.epoch_loss_steps else float("nan"),
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_sec": seen / max(state.epoch_time, 1e-9),
-            "epoch_time_s": state.epoch_time,
-        }
-        k = cfg.train.knn_every
-        if bank is not None and k and (done % k == 0 or finished()):
-            monitor_started = time.perf_counter()
-            if rt.is_main:
-                line["knn_accuracy"] = knn_accuracy(
-                    unwrap(net).backbone, bank, queries, cfg.model.image_size, cfg.augment, device, precision,
-                    k=cfg.train.knn_k, t=cfg.train.knn_t, batch_size=max(B, 256),
-                )
-            barrier()
-            if clock is not None:
-                clock.note("monitor", time.perf_counter() - monitor_started)
-        state.history.append(line)
-        state.epoch, state.step_in_epoch = done, 0
-        state.epoch_loss_sum, state.epoch_loss_steps, state.epoch_time = 0.0, 0, 0.0
-        t_ckpt = time.perf_counter()
-        checkpoint()
-        line["checkpoint_time_s"] = time.perf_counter() - t_ckpt  # wall time of an epoch: epoch_time_s + this
-        if clock is not None:
-            clock.note("checkpoint", line["checkpoint_time_s"])
-        if rt.is_main:
-            # rewritten whole and atomically: a reader (evaluate, report) never sees half a line
-            atomic_write_bytes("".join(json.dumps(m) + "\n" for m in state.history).encode(), run_dir / "metrics.jsonl")
-            if writer is not None:
-                for key in ("loss", "lr", "images_per_sec", "knn_accuracy"):
-                    if key in line and math.isfinite(line[key]):
-                        writer.add_scalar(f"pretrain/{key}", line[key], done)
-                writer.flush()
-            knn = f", kNN {line['knn_accuracy']:.4f}" if "knn_accuracy" in line else ""
-            planned = cfg.train.epochs if plan is None else (
-                f"{plan.total_steps / steps_per_epoch:.1f} planned" if plan.planned else "(planning)")
-            log(f"epoch {done}/{planned}: loss {line['loss']:.4f}, lr {line['lr']:.4g}, "
-                f"{line['images_per_sec']:.0f} img/s{knn}")
-
-    if rt.is_main:
-        finish_run(run_dir, unwrap(net), cfg, state, precision)
-        if writer is not None:
-            writer.close()
-    barrier()
-    log(f"pretraining done in {time.perf_counter() - started:.0f} s: {run_dir}")
-    return run_dir
-
-
 def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, precision: str) -> None:
     """Exports (safetensors), plots and ``run.json`` for a finished run."""
     from . import plots
 
     meta = {"config": json.dumps(to_dict(cfg)), "format": "simclr-1"}
-    save_weights(model.backbone, run_dir / "backbone.safetensors", meta)
-    save_weights(model.head, run_dir / "projection_head.safetensors", meta)
+    save_weights(model.backbone, run_dir / rundir.BACKBONE, meta)
+    save_weights(model.head, run_dir / rundir.PROJECTION_HEAD, meta)
     hist = state.history
     if hist:
         plots.plot_loss([h["epoch"] for h in hist], [h["loss"] for h in hist], run_dir / "plots" / "loss.png")
@@ -587,4 +537,4 @@ def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, pre
     }
     if state.budget:  # the plan of a budgeted run beside what it took
         info["budget"] = {**state.budget, "steps": state.global_step}
-    atomic_write_bytes(json.dumps(info, indent=2).encode(), run_dir / "run.json")
+    rundir.write_run_json(run_dir, info)
