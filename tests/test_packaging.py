@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*cmd: str, **kw) -> subprocess.CompletedProcess:
-    out = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
+    # Without PYTHONPATH: a source tree on it (with its .egg-info) makes pip think simclr is already installed.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(list(cmd), capture_output=True, text=True, env=env, **kw)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     return out
 
@@ -40,12 +42,11 @@ def test_wheel_installs_presets(tmp_path):
     site = Path(_run(str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
     (site / "parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = ("import simclr, simclr.config as c; cfg = c.load_config('quickstart'); "
             "print(simclr.__file__); print(c.resolve_config_path('quickstart')); print(cfg.train.epochs)")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    lines = _run(str(py), "-c", code, cwd=outside, env=env).stdout.splitlines()
+    lines = _run(str(py), "-c", code, cwd=outside).stdout.splitlines()
     assert lines[0].startswith(str(site)), lines  # the installed package, not the checkout
     assert Path(lines[1]).is_file() and Path(lines[1]).is_relative_to(site), lines
     assert int(lines[2]) >= 1

@@ -121,10 +121,10 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
                 log(f"warning: weights are not finite at global step {state.global_step}; kept the previous checkpoint")
         barrier()
 
-    def finished() -> bool:
-        return plan.done(state.global_step) if plan is not None else state.epoch >= cfg.train.epochs
+    def finished(epochs_done: int) -> bool:
+        return plan.done(state.global_step) if plan is not None else epochs_done >= cfg.train.epochs
 
-    while not finished():
+    while not finished(state.epoch):
         first_step = state.step_in_epoch
         if isinstance(pre, StreamedImages):
             batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
@@ -133,7 +133,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
         train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint,
                         log=log, clock=clock)
         line = _epoch_line(state, optimizer, (state.step_in_epoch - first_step) * B)
-        if bank is not None and _knn_due(line["epoch"], cfg.train, finished()):
+        if bank is not None and _knn_due(line["epoch"], cfg.train, finished(line["epoch"])):
             t0 = time.perf_counter()
             if rt.is_main:
                 line["knn_accuracy"] = knn_accuracy(
