@@ -161,8 +161,8 @@ def neighbors_for_files(run_dir: str | Path, data: str, queries: Sequence[str], 
     """
     from . import plots
     from .data import decode_files, load_split
-    from .evaluate import extract_features, load_encoder, run_config
-    from .runtime import resolve_device, resolve_precision
+    from .evaluate import extract_features
+    from .evaluate.encoder import encoder_for_data
 
     out = Path(out)
     if out.suffix.lower() != ".png":
@@ -172,12 +172,7 @@ def neighbors_for_files(run_dir: str | Path, data: str, queries: Sequence[str], 
     missing = [q for q in queries if not Path(q).is_file()]
     if missing:
         raise DataError(f"--query: file(s) not found: {', '.join(missing[:5])}")
-    ov = dict(overrides or {})
-    ov["data.name"] = data
-    cfg = run_config(run_dir, None, ov)
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    encoder = load_encoder(run_dir, device, backbone)
+    cfg, device, precision, encoder = encoder_for_data(run_dir, data, overrides, backbone)
     bank = load_split(cfg.data, "train", cfg.model.image_size, seed=cfg.train.seed, log=log)
     size = bank.images.shape[-1]
     qdata = decode_files(list(queries), [-1] * len(queries), [], size, log=lambda *a, **kw: None, what="queries")

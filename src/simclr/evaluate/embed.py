@@ -10,8 +10,8 @@ import numpy as np
 from ..data import ImageData, load_split
 from ..errors import ConfigError, DataError
 from ..rundir import atomic_write
-from ..runtime import Log, resolve_device, resolve_precision
-from .encoder import encoder_from_run, run_config
+from ..runtime import Log
+from .encoder import encoder_for_data
 from .features import extract_features
 
 
@@ -35,12 +35,7 @@ def embed(run_dir: str | Path, data: str, out: str | Path, split: str = "all", o
         raise ConfigError(f"--out {out}: the file name must end in .npz (NumPy) or .parquet")
     if split not in ("all", "train", "test"):
         raise ConfigError(f"--split {split!r}: allowed values: all, train, test")
-    ov = dict(overrides or {})
-    ov["data.name"] = data
-    cfg = run_config(run_dir, None, ov)
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    encoder = encoder_from_run(Path(run_dir).expanduser(), cfg, device)
+    cfg, device, precision, encoder = encoder_for_data(run_dir, data, overrides)
     parts: list[tuple[str, ImageData]] = []
     for name in (("train", "test") if split == "all" else (split,)):
         try:

@@ -73,3 +73,14 @@ def run_config(run_dir: str | Path, config: str | None = None, overrides: dict |
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} not found; pass the --out folder of `simclr pretrain` or `simclr run`")
     return load_config(config, overrides, base=read_config(_config_file(run_dir)))
+
+
+def encoder_for_data(run_dir: str | Path, data: str, overrides: dict | None = None, backbone: nn.Module | None = None):
+    """(config, device, precision, frozen encoder) of a run, its config pointed at another ``data`` source: what
+    ``simclr embed`` and ``simclr neighbors`` compute features with."""
+    from ..runtime import resolve_device, resolve_precision
+
+    cfg = run_config(run_dir, None, {**(overrides or {}), "data.name": data})
+    device = resolve_device(cfg.train.device)
+    return cfg, device, resolve_precision(cfg.train.precision, device), encoder_from_run(Path(run_dir).expanduser(), cfg,
+                                                                                         device, backbone)
