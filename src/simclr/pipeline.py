@@ -65,7 +65,8 @@ def run_experiment(cfg: Config, resume: bool = False, command: str | None = None
         log(f"\n[{step[0]}/{steps}] {text}")
         return time.perf_counter()
 
-    t = stage("pretrain", f"pretraining SimCLR ({cfg.train.epochs} epochs) -> {out}")
+    length = f"budget {cfg.train.budget}" if cfg.train.budget is not None else f"{cfg.train.epochs} epochs"
+    t = stage("pretrain", f"pretraining SimCLR ({length}) -> {out}")
     pretrain(cfg, resume=resume, command=command, log=log)
     stages["pretrain"] = time.perf_counter() - t
     if not main_process:
