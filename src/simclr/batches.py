@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -29,11 +29,13 @@ def step_rows(order: torch.Tensor, step: int, batch_size: int, rows: tuple[int, 
     return order[step * batch_size : (step + 1) * batch_size][lo:hi]
 
 
-def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt: Dist) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt: Dist,
+                   size: Callable[[], int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Two views per image of each global batch from device-resident uint8 ``images`` [N,3,S,S], steps ``start...``.
 
     Each process takes its ``batch_size / world_size`` rows of every global batch; the data order and the
     augmentation parameters depend only on (seed, epoch, step), so the views do not depend on the process count.
+    ``size``: asked before each batch for the side of its views (progressive resizing); default model.image_size.
     """
     B = cfg.train.batch_size
     rows = process_rows(B, rt)
@@ -41,6 +43,7 @@ def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt
     for it in range(start, len(images) // B):  # drop the last partial batch: NT-Xent wants full batches
         idx = step_rows(perm, it, B, rows)
         with torch.no_grad():
-            views = augment.simclr_views(images[idx], cfg.augment, cfg.model.image_size, cfg.train.seed, epoch, it,
+            out = size() if size is not None else cfg.model.image_size
+            views = augment.simclr_views(images[idx], cfg.augment, out, cfg.train.seed, epoch, it,
                                          global_batch=B, offset=rows[0])
         yield views  # outside no_grad: a suspended generator would leave grad mode off for the caller

@@ -24,6 +24,16 @@ _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+
 MEASURE_STEPS = 4  # steps timed (after the first) before the first plan
 REPLAN_FRACTION = 0.05  # re-plan every 5 % of the planned steps
 WARMUP_MAX_FRACTION = 0.1  # the warm-up takes at most this share of the planned steps
+# Progressive resizing (train.low_res_size): before the full-resolution steps have been timed, their cost is
+# predicted from the low-resolution speed as (full / low) ** LOW_RES_COST_EXPONENT times a low-resolution step's.
+# Below 2 because a step's fixed costs do not shrink with the pixels: on 2 AMD EPYC Zen 4 cores, 16 px views ran
+# at 2.7x the images/s of 32 px ones in the training loop (benchmarks/RESULTS.md, "Progressive resizing").
+LOW_RES_COST_EXPONENT = 1.4
+
+
+def low_res_speedup(low: int, full: int) -> float:
+    """Predicted steps/s at ``low`` px over steps/s at ``full`` px, until the full-resolution steps are timed."""
+    return (full / low) ** LOW_RES_COST_EXPONENT
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -61,6 +71,8 @@ class BudgetPlan:
     steps_per_s: float = 0.0
     images_per_s: float = 0.0
     reserve_s: float = 0.0  # time kept for the final kNN monitor, checkpoint and exports
+    low_res_fraction: float = 0.0  # progressive resizing: the share of the steps at low resolution (0: none)
+    low_res_speedup: float = 1.0  # predicted low- over full-resolution steps/s, used while only low-res is timed
     anchor_step: int = 0
     anchor_progress: float = 0.0
     replans: int = 0
@@ -89,13 +101,21 @@ class BudgetPlan:
         return self.warmup_from + (1.0 - self.warmup_from) * (step - self.warmup_from_step + 1) / (
             self.warmup_steps - self.warmup_from_step)
 
-    def replan(self, step: int, remaining_s: float, steps_per_s: float, images_per_step: int) -> None:
+    def replan(self, step: int, remaining_s: float, steps_per_s: float, images_per_step: int,
+               low_res: bool = False) -> None:
         """Size the steps still to run from the time left and the measured speed; the progress stays continuous.
 
         The first plan also caps the warm-up at ``WARMUP_MAX_FRACTION`` of the planned steps (a warm-up of 10 epochs
-        would otherwise outlast a budget of minutes).
+        would otherwise outlast a budget of minutes). ``low_res``: ``steps_per_s`` was measured at low resolution
+        (progressive resizing), so the last ``1 - low_res_fraction`` of the steps will run ``low_res_speedup`` times
+        slower: N with ``(f N - step) / s + (1 - f) N r / s = remaining``.
         """
-        total = step + int(max(remaining_s, 0.0) * steps_per_s)
+        remaining = max(remaining_s, 0.0) * steps_per_s  # steps at the measured speed
+        if low_res and self.low_res_fraction:
+            f, r = self.low_res_fraction, self.low_res_speedup
+            total = max(step, int((remaining + step) / (f + (1.0 - f) * r)))
+        else:
+            total = step + int(remaining)
         if not self.planned and self.warmup_steps > step:
             cap = max(step + 1, round(WARMUP_MAX_FRACTION * total))
             if cap < self.warmup_steps:
@@ -136,6 +156,8 @@ class BudgetClock:
         self.overhead_s = 0.0  # checkpoints and monitors of this process so far
         self.steps_done = 0  # steps run by this process
         self.last_mark: float | None = None
+        self.replan_due = False  # re-plan as soon as the speed is measured again (after a change of resolution)
+        self.low_res = False  # the steps run at low resolution (progressive resizing)
         self.checkpoint_s = 0.0  # the last checkpoint's duration
         self.monitor_s: float | None = None  # the last kNN monitor's duration
 
@@ -152,8 +174,18 @@ class BudgetClock:
         if self.last_mark is not None:
             self.last_mark += seconds  # the next step's time excludes the overhead
 
+    def set_low_res(self, low_res: bool) -> None:
+        """The steps from now on run at low (True) or full resolution: the speed is measured afresh (the first step
+        at the new size is not timed: new shapes allocate) and the plan is redone as soon as it is."""
+        if low_res != self.low_res:
+            self.low_res = low_res
+            self.step_time, self.timed_steps, self.last_mark = 0.0, 0, None
+            self.replan_due = self.plan.planned
+
     def _reserve(self) -> float:
         rate = self.plan.images_per_s or (self.timed_steps * self.images_per_step / max(self.step_time, 1e-9))
+        if self.low_res:
+            rate /= self.plan.low_res_speedup  # the monitor runs at full resolution
         # Before a monitor has run, its cost is estimated from the training speed: a training step runs forward and
         # backward (about 3 forwards) on 2 views of each image, the monitor one forward per image.
         monitor = self.monitor_s if self.monitor_s is not None else self.final_monitor_images / max(6.0 * rate, 1e-9)
@@ -169,11 +201,12 @@ class BudgetClock:
         self.last_mark = now  # the first step after a start or an overhead is not timed (warm-up, allocation)
         plan = self.plan
         every = max(1, int(REPLAN_FRACTION * plan.total_steps))
-        if self.timed_steps >= MEASURE_STEPS and (not plan.planned or step % every == 0):
+        if self.timed_steps >= MEASURE_STEPS and (not plan.planned or step % every == 0 or self.replan_due):
             # seconds per step now, plus this process's checkpoints and monitors spread over its steps so far: the
             # ones still to come before the end cost about as much per step
             per_step = self.step_time / self.timed_steps + self.overhead_s / self.steps_done
             plan.reserve_s = self._reserve()
-            plan.replan(step, plan.budget_s - self.elapsed() - plan.reserve_s, 1.0 / per_step, self.images_per_step)
-            self.step_time, self.timed_steps = 0.0, 0  # the next plan uses the speed since this one
+            plan.replan(step, plan.budget_s - self.elapsed() - plan.reserve_s, 1.0 / per_step, self.images_per_step,
+                        low_res=self.low_res)
+            self.step_time, self.timed_steps, self.replan_due = 0.0, 0, False  # the next plan uses the speed since this one
         return plan.done(step)

@@ -107,6 +107,10 @@ class TrainConfig:
     budget: str | None = None  # pretraining time, e.g. 6m, 90s, 1h30m: the run sizes its steps to end then
     batch_size: int = 512  # global batch (split across processes under torchrun)
     temperature: float = 0.5
+    # progressive resizing: views of low_res_size px for the first low_res_fraction of the steps, then
+    # model.image_size (0: off). The network sees the evaluation resolution at the end (the FixRes effect).
+    low_res_size: int = 0
+    low_res_fraction: float = 0.75
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto: bf16 autocast where it is faster (CPU, recent GPUs) | bf16 | fp32 | fp64 (numerical checks)
@@ -346,6 +350,16 @@ def validate(cfg: Config) -> None:
     _positive("optim.weight_decay", cfg.optim.weight_decay, 0, strict=False)
     _positive("optim.warmup_epochs", cfg.optim.warmup_epochs, 0, strict=False)
     _positive("model.image_size", cfg.model.image_size, 7)
+    if cfg.train.low_res_size:
+        if not 8 <= cfg.train.low_res_size < cfg.model.image_size:
+            raise ConfigError(f"train.low_res_size: invalid value {cfg.train.low_res_size}; must be 0 (off) or between 8 "
+                              f"and model.image_size - 1 ({cfg.model.image_size - 1})")
+        if not 0.0 < cfg.train.low_res_fraction < 1.0:
+            raise ConfigError(f"train.low_res_fraction: invalid value {cfg.train.low_res_fraction}; a fraction of the "
+                              "steps between 0 and 1")
+        if cfg.data.stream:
+            raise ConfigError("train.low_res_size: progressive resizing needs the images in memory; set "
+                              "data.stream: false or train.low_res_size: 0")
     _positive("model.proj_dim", cfg.model.proj_dim)
     _positive("train.knn_every", cfg.train.knn_every, 0, strict=False)
     _positive("train.knn_k", cfg.train.knn_k)

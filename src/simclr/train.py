@@ -6,7 +6,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from . import augment, rundir
 from .batches import device_batches
-from .budget import MEASURE_STEPS, BudgetClock, BudgetPlan, parse_duration
+from .budget import MEASURE_STEPS, BudgetClock, BudgetPlan, low_res_speedup, parse_duration
 from .checkpoint import atomic_save, config_differences, load_checkpoint, save_weights
 from .config import Config, TrainConfig, save_config, to_dict
 from .data import ImageData, to_device_checked
@@ -55,6 +55,7 @@ class TrainState:
     wall_time: float = 0.0  # seconds of training before this process started
     history: list[dict] = field(default_factory=list)  # metrics lines of finished epochs
     budget: dict | None = None  # the BudgetPlan of a run with train.budget (simclr.budget)
+    full_res_from: int | None = None  # progressive resizing: the global step from which the views are full size
 
 
 # ----------------------------------------------------------------------------- the run
@@ -108,6 +109,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
     if plan is not None:
         monitor_images = len(bank) + len(queries) if bank is not None and cfg.train.knn_every else 0
         clock = BudgetClock(plan, B, state.wall_time + time.perf_counter() - started, monitor_images)
+    total_steps = (lambda: plan.total_steps) if plan is not None else (lambda: cfg.train.epochs * steps_per_epoch)
+    view_size = ViewSize(cfg, state, total_steps, clock, log)
     writer = _open_run_dir(run_dir, cfg, pre, state, command, fresh=saved is None) if rt.is_main else None
     since = [time.perf_counter()]  # wall time not yet added to state.wall_time
 
@@ -129,7 +132,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
         if isinstance(pre, StreamedImages):
             batches = stream_batches(pre.paths, cfg, state.epoch, state.step_in_epoch, rt, size=pre.size)
         else:
-            batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt)
+            batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt, size=view_size)
         train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint,
                         log=log, clock=clock)
         line = _epoch_line(state, optimizer, (state.step_in_epoch - first_step) * B)
@@ -220,7 +223,43 @@ def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log: Log) 
     budget_s = parse_duration(cfg.train.budget)
     log(f"budget {cfg.train.budget} ({budget_s:.0f} s): the number of steps is planned after "
         f"{MEASURE_STEPS + 1} measured steps (train.epochs is not used)")
-    return BudgetPlan(budget_s=budget_s, warmup_steps=warmup_steps(cfg.optim, steps_per_epoch))
+    plan = BudgetPlan(budget_s=budget_s, warmup_steps=warmup_steps(cfg.optim, steps_per_epoch))
+    if cfg.train.low_res_size:
+        plan.low_res_fraction = cfg.train.low_res_fraction
+        plan.low_res_speedup = low_res_speedup(cfg.train.low_res_size, cfg.model.image_size)
+    return plan
+
+
+class ViewSize:
+    """Progressive resizing (``train.low_res_size``): the side of the next batch's views.
+
+    Low resolution until ``train.low_res_fraction`` of the steps (of the budget's plan, or of ``train.epochs``), then
+    ``model.image_size`` for good: the switch step is kept in ``state.full_res_from`` (and in the checkpoint), so
+    neither a re-plan nor a resume switches back. A budget ``clock`` is told, so that it times the new speed.
+    """
+
+    def __init__(self, cfg: Config, state: TrainState, total_steps: Callable[[], int], clock: BudgetClock | None,
+                 log: Log):
+        self.low, self.full, self.fraction = cfg.train.low_res_size, cfg.model.image_size, cfg.train.low_res_fraction
+        self.state, self.total_steps, self.clock, self.log = state, total_steps, clock, log
+        if clock is not None:
+            clock.set_low_res(self.low_res)
+
+    @property
+    def low_res(self) -> bool:
+        return bool(self.low) and self.state.full_res_from is None
+
+    def __call__(self) -> int:
+        if not self.low_res:
+            return self.full
+        total, step = self.total_steps(), self.state.global_step
+        if total and step >= self.fraction * total:  # total is 0 while a budget's first plan is pending
+            self.state.full_res_from = step
+            if self.clock is not None:
+                self.clock.set_low_res(False)
+            self.log(f"progressive resizing: {self.full} px views from step {step + 1} of {total} ({self.low} px before)")
+            return self.full
+        return self.low
 
 
 def _open_run_dir(run_dir: Path, cfg: Config, pre: ImageData | StreamedImages, state: TrainState, command: str | None,
@@ -537,4 +576,7 @@ def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, pre
     }
     if state.budget:  # the plan of a budgeted run beside what it took
         info["budget"] = {**state.budget, "steps": state.global_step}
+    if cfg.train.low_res_size:
+        info["low_res"] = {"size": cfg.train.low_res_size, "steps": state.full_res_from,
+                           "full_size": cfg.model.image_size, "full_size_steps": state.global_step - (state.full_res_from or state.global_step)}
     rundir.write_run_json(run_dir, info)
