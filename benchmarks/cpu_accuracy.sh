@@ -63,6 +63,7 @@ B6="--set data.limit=null --budget 6m --set optim.warmup_epochs=0.05 --set train
 # random-init baseline runs once, in budget6m (it does not depend on the recipe); the rows skip it.
 ABLATION=(
   "b6m_bs128|--batch-size 128"
+  "b6m_bs128_lowres16|--batch-size 128 --set train.low_res_size=16"
 )
 ablate() {  # name
   local row
