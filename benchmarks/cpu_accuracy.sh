@@ -64,6 +64,9 @@ B6="--set data.limit=null --budget 6m --set optim.warmup_epochs=0.05 --set train
 ABLATION=(
   "b6m_bs128|--batch-size 128"
   "b6m_bs128_lowres16|--batch-size 128 --set train.low_res_size=16"
+  "b6m_bs64_lowres16|--batch-size 64 --set train.low_res_size=16"
+  "b6m_bs128_lowres16_lr2|--batch-size 128 --set train.low_res_size=16 --lr 0.6"
+  "b6m_bs128_lowres16_t02|--batch-size 128 --set train.low_res_size=16 --temperature 0.2"
 )
 ablate() {  # name
   local row

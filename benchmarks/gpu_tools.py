@@ -47,6 +47,18 @@ def _planned_epochs(run_dir: Path) -> str:
         return "?"
 
 
+def _time_to_accuracy(out_dir: Path) -> dict | None:
+    """Stage T of gpu.sh: the budgeted run's plan and wall time, and its test kNN (None if the stage did not run)."""
+    info = _read_json(out_dir / "tta_run.json")
+    if not info:
+        return None
+    plan = info.get("budget") or {}
+    knn = _read_json(out_dir / "tta_knn_test.json") or {}
+    return {"budget_s": plan.get("budget_s", 0.0), "steps": plan.get("steps"), "epochs": info.get("epochs"),
+            "images_per_s": plan.get("images_per_s"), "wall_time_s": info.get("wall_time_s"),
+            "knn_test": knn.get("accuracy")}
+
+
 def summary(out_dir: Path, run_dir: Path) -> None:
     """summary.md + summary.json: the checks, throughput ratios, seconds and kNN accuracy per epoch, final test kNN."""
     from simclr.bench import tf32_label
@@ -90,6 +102,7 @@ def summary(out_dir: Path, run_dir: Path) -> None:
                                                  "knn_accuracy")} for x in lines],
         },
         "stage_seconds": timing,
+        "time_to_accuracy": _time_to_accuracy(out_dir),
     }
     (out_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
 
@@ -116,6 +129,12 @@ def summary(out_dir: Path, run_dir: Path) -> None:
                 else:
                     md.append(f"| {part} | {name} | x{v:.2f} | | |")
         md.append("")
+    tta = result["time_to_accuracy"]
+    if tta:
+        md += [f"Time to accuracy (stage T, cifar10_resnet18 --budget {tta['budget_s']:.0f}s): test kNN "
+               + (f"{tta['knn_test']:.4f}" if tta["knn_test"] is not None else "none")
+               + f" after {tta['wall_time_s'] or 0:.0f} s of pretraining, {tta['steps']} steps ({tta['epochs']} epochs), "
+               f"{tta['images_per_s'] or 0:,.0f} images/s planned", ""]
     p = result["pretrain"]
     md.append(f"cifar10_resnet18 ({_planned_epochs(run_dir)}-epoch schedule): {p['epochs_done']} epochs done; "
               + (f"{p['seconds_per_epoch_mean']:.2f} s/epoch after the first (100 epochs: {p['projected_100_epochs_s'] / 60:.1f} min)"

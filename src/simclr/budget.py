@@ -27,8 +27,9 @@ WARMUP_MAX_FRACTION = 0.1  # the warm-up takes at most this share of the planned
 # Progressive resizing (train.low_res_size): before the full-resolution steps have been timed, their cost is
 # predicted from the low-resolution speed as (full / low) ** LOW_RES_COST_EXPONENT times a low-resolution step's.
 # Below 2 because a step's fixed costs do not shrink with the pixels: on 2 AMD EPYC Zen 4 cores, 16 px views ran
-# at 2.7x the images/s of 32 px ones in the training loop (benchmarks/RESULTS.md, "Progressive resizing").
-LOW_RES_COST_EXPONENT = 1.4
+# at 2.8x the images/s of 32 px ones in the training loop (153 vs 54 at batch 128; benchmarks/RESULTS.md, "Accuracy
+# per minute"). A wrong guess costs only a bend in the cosine: the plan is redone once the full size is timed.
+LOW_RES_COST_EXPONENT = 1.5
 
 
 def low_res_speedup(low: int, full: int) -> float:
