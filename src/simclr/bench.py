@@ -676,7 +676,8 @@ def _epoch_images(opts: BenchOptions, device: torch.device, available: int, batc
 
 
 def _pool(cfg: Config, opts: BenchOptions, device: torch.device, log=print) -> tuple[Tensor, list[str] | None, str]:
-    """Source images for the benchmark: random uint8 (the default; content does not change the cost) or cfg.data."""
+    """Source images for the benchmark: random uint8 (the default, needing no data) or cfg.data (``--data``). The cost
+    depends on the content (denormal floats in a training network), so the quoted figures come from real images."""
     B = cfg.train.batch_size
     need = B * (opts.warmup + max(opts.steps, 1))
     if "augment" in opts.parts:
