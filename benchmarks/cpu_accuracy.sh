@@ -34,8 +34,8 @@ run() {  # name, extra flags...
 import json, sys
 from pathlib import Path
 out, name, wall, load0, load1, extra = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-def evals(run):
-    return {p.parent.name: json.loads(p.read_text())["accuracy"] for p in sorted((run / "eval").glob("*/metrics.json"))}
+def evals(run, key="accuracy"):  # test accuracy; key="val_accuracy": the validation split's (recipes are chosen on it)
+    return {p.parent.name: json.loads(p.read_text()).get(key) for p in sorted((run / "eval").glob("*/metrics.json"))}
 info = json.loads((out / "run.json").read_text())
 metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
 res = {
@@ -50,6 +50,8 @@ res = {
     "load_average_after": load1,
     "simclr": evals(out),
     "random_init": evals(out / "baselines" / "random"),
+    "simclr_val": evals(out, "val_accuracy"),
+    "random_init_val": evals(out / "baselines" / "random", "val_accuracy"),
 }
 Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
 Path(f"benchmarks/results/cpu_accuracy_{name}.json").write_text(json.dumps(res, indent=2) + "\n")
