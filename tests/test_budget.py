@@ -153,3 +153,15 @@ def test_budget_and_epochs_together_is_an_error(tiny_folder, tmp_path, capsys):
     assert rc == 2 and "--budget and --epochs" in capsys.readouterr().err
     rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--budget", "soon"])
     assert rc == 2 and "train.budget" in capsys.readouterr().err
+
+
+def test_epochs_flag_replaces_a_budget_of_the_config_file(tmp_path):
+    from simclr.cli import build_config, make_parser
+
+    preset = tmp_path / "budgeted.yaml"
+    preset.write_text("train:\n  budget: 5m\n  epochs: 7\n")
+    args = make_parser().parse_args(["pretrain", "--config", str(preset)])
+    assert build_config(args).train.budget == "5m"  # the file's budget decides
+    args = make_parser().parse_args(["pretrain", "--config", str(preset), "--epochs", "3"])
+    cfg = build_config(args)
+    assert cfg.train.budget is None and cfg.train.epochs == 3  # the command line asked for epochs

@@ -48,7 +48,7 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--strict", action="store_true", default=None, help="unreadable image files are an error, not a warning")
     g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the seed notebook project's 8,000/42,000 split)")
     if training:
-        g.add_argument("--epochs", type=int, help="number of epochs")
+        g.add_argument("--epochs", type=int, help="number of epochs (replaces a train.budget of the config file)")
         g.add_argument("--budget", metavar="DURATION",
                        help="pretraining time (6m, 90s, 2h, 1h30m): the run measures its speed and plans the steps and the "
                             "learning-rate schedule to end then; replaces --epochs (giving both is an error)")
@@ -95,7 +95,10 @@ def build_config(args: argparse.Namespace) -> Config:
     if getattr(args, "budget", None) is not None and getattr(args, "epochs", None) is not None:
         raise ConfigError("--budget and --epochs both given: a budgeted run decides its own number of steps; "
                           "give one of them")
-    return load_config(args.config, _overrides(args))
+    over = _overrides(args)
+    if getattr(args, "epochs", None) is not None:
+        over["train.budget"] = None  # --epochs replaces a budget of the config file (the quickstart has one)
+    return load_config(args.config, over)
 
 
 def _command_line() -> str:
