@@ -11,6 +11,7 @@ from simclr.budget import BudgetClock, BudgetPlan, low_res_speedup
 from simclr.checkpoint import load_checkpoint
 from simclr.cli import main
 from simclr.errors import ConfigError
+from simclr.report import write_report
 from simclr.train import TrainState, ViewSize, pretrain
 from tests.test_budget import FakeTime, tiny
 
@@ -74,6 +75,9 @@ def test_budgeted_run_trains_low_then_full_resolution(tiny_folder, tmp_path, mon
     assert switch == pytest.approx(0.5 * len(spy.sizes), abs=2)  # half the steps (of the final plan) at 8 px
     ck = load_checkpoint(run / "checkpoints/last.pt")
     assert ck["state"]["full_res_from"] == switch and ck["state"]["budget"]["low_res_fraction"] == 0.5
+    md = write_report([run], tmp_path / "report")[0].read_text()  # the report says what the budget bought
+    assert f"{info['budget']['total_steps']} steps planned, {info['budget']['steps']} run" in md
+    assert f"8 px for {switch} steps, then 16 px for {len(spy.sizes) - switch}" in md
 
 
 def test_epoch_run_switches_at_its_fraction_of_the_steps(tiny_folder, tmp_path, monkeypatch):

@@ -397,6 +397,7 @@ def _facts_blocks(run: dict, f: dict, losses: list, knns: list) -> list[tuple]:
         ("Optimizer", _text(f["optimizer"])),
         ("Wall time", _fmt_time(f["wall_time_s"])),
     ]
+    facts += _budget_facts(run["run"])
     if losses:
         facts.append(("Final loss", f"{float(losses[-1][1]):.4f} (epoch {losses[-1][0]})"))
     if knns:
@@ -413,6 +414,23 @@ def _facts_blocks(run: dict, f: dict, losses: list, knns: list) -> list[tuple]:
     if run["warnings"]:
         blocks.append(("warn", run["warnings"]))
     return blocks
+
+
+def _budget_facts(r: dict) -> list[tuple[str, str]]:
+    """A budgeted run's plan beside what it took, and its progressive resizing (run.json "budget", "low_res")."""
+    facts = []
+    plan = r.get("budget")
+    if isinstance(plan, dict) and _num(plan.get("budget_s")) is not None:
+        steps, total = _num(plan.get("steps")), _num(plan.get("total_steps"))
+        speed = _num(plan.get("images_per_s"))
+        facts.append(("Budget", f"{_fmt_time(plan['budget_s'])}: {_fmt_int(total)} steps planned, {_fmt_int(steps)} run; "
+                      + (f"{speed:,.0f} images/s at the last plan, " if speed is not None else "")
+                      + f"{_fmt_int(plan.get('replans'))} re-plans"))
+    low = r.get("low_res")
+    if isinstance(low, dict) and low.get("size"):
+        facts.append(("Resolution", f"{_fmt_int(low['size'])} px for {_fmt_int(low.get('steps'))} steps, then "
+                      f"{_fmt_int(low.get('full_size'))} px for {_fmt_int(low.get('full_size_steps'))} (progressive resizing)"))
+    return facts
 
 
 def _pretraining_blocks(run: dict, losses: list, knns: list, images: Path) -> list[tuple]:
