@@ -70,7 +70,7 @@ ABLATION=(
   "b6m_bs128_lowres16_lr2|--batch-size 128 --set train.low_res_size=16 --lr 0.6"
   "b6m_bs128_lowres16_t02|--batch-size 128 --set train.low_res_size=16 --temperature 0.2"
   "b6m_bs128_lowres16_f09|--batch-size 128 --set train.low_res_size=16 --set train.low_res_fraction=0.9"
-  "b6m_bs128_lowres16_adamw|--batch-size 128 --set train.low_res_size=16 --optimizer adamw --lr 0.002"
+  "b6m_bs128_lowres16_t02_lr2|--batch-size 128 --set train.low_res_size=16 --temperature 0.2 --lr 0.6"
 )
 ablate() {  # name
   local row
