@@ -1,6 +1,6 @@
 """The recipe ablation table of benchmarks/RESULTS.md from the results of `bash benchmarks/cpu_accuracy.sh <row>`:
 
-    python benchmarks/accuracy_table.py [budget6m b6m_bs128 ...]   (default: budget6m, then every b6m_* result)
+    python benchmarks/accuracy_table.py [budget6m b6m_bs128 ...]   (default: b6m_old, every other b6m_* row, budget6m)
 
 One line per run: test kNN and linear accuracy, the same on the validation split (the recipe is chosen on those),
 images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<name>.json.
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+R0 = "--batch-size 256 --temperature 0.5 --lr 0.3 --set train.low_res_size=0"  # as in cpu_accuracy.sh
 
 
 def _pct(x) -> str:
@@ -26,7 +27,8 @@ def row(name: str) -> str:
     batch = next((int(w) for f, w in zip(r["command"].split(), r["command"].split()[1:]) if f == "--batch-size"), 256)
     seen = steps * batch
     speed = seen / r["pretrain_wall_time_s"] if r.get("pretrain_wall_time_s") else None
-    flags = r["command"].split("--set train.knn_every=0", 1)[-1].replace(" --baselines ''", "").removesuffix(" --baselines").strip() or "(quickstart)"
+    flags = r["command"].split("--set train.knn_every=0", 1)[-1].replace(" --baselines ''", "").removesuffix(" --baselines")
+    flags = flags.replace(R0, "").strip() or ("(the quickstart preset)" if name == "budget6m" else "(R0)")
     test, val = r.get("simclr", {}), r.get("simclr_val", {})
     return (f"| {name} | `{flags}` | {_pct(test.get('knn'))} | {_pct(test.get('linear'))} | {_pct(val.get('knn'))} | "
             f"{_pct(val.get('linear'))} | {speed:,.0f} | {seen:,} |" if speed else f"| {name} | `{flags}` | ... |")
@@ -34,12 +36,14 @@ def row(name: str) -> str:
 
 def main(names: list[str]) -> None:
     if not names:
-        names = ["budget6m"] + sorted(p.stem.removeprefix("cpu_accuracy_") for p in RESULTS.glob("cpu_accuracy_b6m_*.json"))
+        rows = sorted(p.stem.removeprefix("cpu_accuracy_") for p in RESULTS.glob("cpu_accuracy_b6m_*.json"))
+        names = ["b6m_old"] + [n for n in rows if n != "b6m_old"]
+        names += ["budget6m"] if (RESULTS / "cpu_accuracy_budget6m.json").is_file() else []
     print("| run | flags | kNN test | linear test | kNN val | linear val | images/s | images seen |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in names:
         print(row(name))
-    base = json.loads((RESULTS / "cpu_accuracy_budget6m.json").read_text())
+    base = json.loads((RESULTS / "cpu_accuracy_b6m_old.json").read_text())
     ri, riv = base.get("random_init", {}), base.get("random_init_val", {})
     print(f"| random init | (no pretraining) | {_pct(ri.get('knn'))} | {_pct(ri.get('linear'))} | {_pct(riv.get('knn'))} | "
           f"{_pct(riv.get('linear'))} | | 0 |")
