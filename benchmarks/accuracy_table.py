@@ -1,6 +1,6 @@
 """The recipe ablation table of benchmarks/RESULTS.md from the results of `bash benchmarks/cpu_accuracy.sh <row>`:
 
-    python benchmarks/accuracy_table.py [budget6m b6m_bs128 ...]   (default: b6m_old, every other b6m_* row, budget6m)
+    python benchmarks/accuracy_table.py [budget6m b6m_bs128 ...]   (default: the ABLATION rows of cpu_accuracy.sh, then budget6m)
 
 One line per run: test kNN and linear accuracy, the same on the validation split (the recipe is chosen on those),
 images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<name>.json.
@@ -9,6 +9,7 @@ images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,9 +37,10 @@ def row(name: str) -> str:
 
 def main(names: list[str]) -> None:
     if not names:
-        rows = sorted(p.stem.removeprefix("cpu_accuracy_") for p in RESULTS.glob("cpu_accuracy_b6m_*.json"))
-        names = ["b6m_old"] + [n for n in rows if n != "b6m_old"]
-        names += ["budget6m"] if (RESULTS / "cpu_accuracy_budget6m.json").is_file() else []
+        # the rows in the order of cpu_accuracy.sh's ABLATION list (its one owner), then the shipped recipe
+        script = (Path(__file__).resolve().parent / "cpu_accuracy.sh").read_text()
+        names = re.findall(r'^\s*"(b6m_\w+)\|', script, flags=re.M) + ["budget6m"]
+        names = [n for n in names if (RESULTS / f"cpu_accuracy_{n}.json").is_file()]
     print("| run | flags | kNN test | linear test | kNN val | linear val | images/s | images seen |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in names:
