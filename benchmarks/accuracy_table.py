@@ -25,7 +25,7 @@ def row(name: str) -> str:
     r = json.loads((RESULTS / f"cpu_accuracy_{name}.json").read_text())
     plan = r.get("budget_plan") or {}
     steps = plan.get("steps") or 0
-    batch = next((int(w) for f, w in zip(r["command"].split(), r["command"].split()[1:]) if f == "--batch-size"), 256)
+    batch = round(plan["images_per_s"] / plan["steps_per_s"]) if plan.get("steps_per_s") else 0  # images per step
     seen = steps * batch
     speed = seen / r["pretrain_wall_time_s"] if r.get("pretrain_wall_time_s") else None
     flags = r["command"].split("--set train.knn_every=0", 1)[-1].replace(" --baselines ''", "").removesuffix(" --baselines")
