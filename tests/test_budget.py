@@ -165,3 +165,11 @@ def test_epochs_flag_replaces_a_budget_of_the_config_file(tmp_path):
     args = make_parser().parse_args(["pretrain", "--config", str(preset), "--epochs", "3"])
     cfg = build_config(args)
     assert cfg.train.budget is None and cfg.train.epochs == 3  # the command line asked for epochs
+
+
+def test_plan_travels_as_numbers_and_back():
+    plan = BudgetPlan(budget_s=360.0, warmup_steps=20, low_res_fraction=0.75, low_res_speedup=2.8)
+    plan.replan(step=5, remaining_s=300, steps_per_s=1.3, images_per_step=128, low_res=True)
+    copy = BudgetPlan(budget_s=1.0, warmup_steps=1)
+    copy.set_numbers(plan.to_numbers())
+    assert copy == plan and isinstance(copy.total_steps, int) and isinstance(copy.budget_s, float)

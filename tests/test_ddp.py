@@ -15,6 +15,7 @@ real bug (a gather that drops other processes' gradients moves the step by tens 
 then held to what float32 can promise: 2 processes are as close to the exact step as 1 process is.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -203,9 +204,26 @@ def _one_more_step_on_epoch_one(over: dict, tmp) -> dict:
     import simclr.train as train
 
     original = train.device_batches
-    train.device_batches = lambda images, cfg, epoch, start, rt: original(images, cfg, 0, start, rt)
+    train.device_batches = lambda images, cfg, epoch, start, rt, **kw: original(images, cfg, 0, start, rt, **kw)
     try:
         _pretrain_one_thread(load_config(None, {**over, "out": str(tmp / "repeated")}))
     finally:
         train.device_batches = original
     return _steps(tmp / "repeated")
+
+
+def test_budgeted_processes_follow_one_plan(tmp_path):
+    """Under --budget each process times its own steps; rank 1's clock runs 3x slower here, so plans of their own
+    would stop it early and leave rank 0 waiting in a collective (a hang), and would switch resolution at other
+    steps. Rank 0's plan is broadcast after every (re-)plan: both stop together, after the planned steps."""
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "data")
+    cfg_path = tmp_path / "cfg.yaml"
+    save_config(load_config(None, {**COMMON, "data.name": str(folder), "out": str(tmp_path / "run"),
+                                   "train.budget": "40s", "train.low_res_size": 8}), cfg_path)
+    _torchrun(cfg_path, tmp_path / "run", env={"SIMCLR_TEST_FAKE_CLOCK": "1.0"})
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints/last.pt")
+    assert info["budget"]["steps"] == info["budget"]["total_steps"] == ck["state"]["global_step"] > 5
+    assert 0 < info["low_res"]["steps"] < info["budget"]["steps"]

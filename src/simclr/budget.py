@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, astuple, dataclass, fields
 
 from .errors import ConfigError
 
@@ -137,6 +138,14 @@ class BudgetPlan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_numbers(self) -> list[float]:
+        return [float(v) for v in astuple(self)]
+
+    def set_numbers(self, numbers: list[float]) -> None:
+        """The inverse of :meth:`to_numbers` (for sending a plan between processes as one tensor)."""
+        for f, v in zip(fields(self), numbers):
+            setattr(self, f.name, int(round(v)) if f.type in ("int", int) else float(v))
+
 
 class BudgetClock:
     """Runs a :class:`BudgetPlan` during training: times the steps, plans, re-plans, and says when to stop.
@@ -147,8 +156,10 @@ class BudgetClock:
     monitor); the final one of each is kept in reserve.
     """
 
-    def __init__(self, plan: BudgetPlan, images_per_step: int, spent_s: float, final_monitor_images: int = 0):
+    def __init__(self, plan: BudgetPlan, images_per_step: int, spent_s: float, final_monitor_images: int = 0,
+                 share: Callable[[BudgetPlan], None] | None = None):
         self.plan = plan
+        self.share = share  # under torchrun: makes every process hold rank 0's plan after each (re-)plan
         self.images_per_step = images_per_step
         self.started = time.perf_counter() - spent_s
         self.final_monitor_images = final_monitor_images
@@ -209,5 +220,7 @@ class BudgetClock:
             plan.reserve_s = self._reserve()
             plan.replan(step, plan.budget_s - self.elapsed() - plan.reserve_s, 1.0 / per_step, self.images_per_step,
                         low_res=self.low_res)
+            if self.share is not None:  # every process times its own steps; they must stop (and resize) together
+                self.share(plan)
             self.step_time, self.timed_steps, self.replan_due = 0.0, 0, False  # the next plan uses the speed since this one
         return plan.done(step)

@@ -108,7 +108,8 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
     clock = None
     if plan is not None:
         monitor_images = len(bank) + len(queries) if bank is not None and cfg.train.knn_every else 0
-        clock = BudgetClock(plan, B, state.wall_time + time.perf_counter() - started, monitor_images)
+        clock = BudgetClock(plan, B, state.wall_time + time.perf_counter() - started, monitor_images,
+                            share=(lambda p: _share_plan(p, device)) if rt.distributed else None)
     total_steps = (lambda: plan.total_steps) if plan is not None else (lambda: cfg.train.epochs * steps_per_epoch)
     view_size = ViewSize(cfg, state, total_steps, clock, log)
     writer = _open_run_dir(run_dir, cfg, pre, state, command, fresh=saved is None) if rt.is_main else None
@@ -228,6 +229,14 @@ def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log: Log) 
         plan.low_res_fraction = cfg.train.low_res_fraction
         plan.low_res_speedup = low_res_speedup(cfg.train.low_res_size, cfg.model.image_size)
     return plan
+
+
+def _share_plan(plan: BudgetPlan, device: torch.device) -> None:
+    """Rank 0's plan on every process (one broadcast): each process times its own steps, and plans that differed by
+    a step would leave one process waiting in a collective for another that has stopped."""
+    numbers = torch.tensor(plan.to_numbers(), dtype=torch.float64, device=device)
+    dist.broadcast(numbers, 0)
+    plan.set_numbers(numbers.tolist())
 
 
 class ViewSize:
