@@ -3,7 +3,7 @@ with and without flushing denormal floats to zero, each in a fresh process:
 
     python benchmarks/cpu_step_drift.py [--data ../shared/data/cifar10] [--steps 50] [--batch-size 128]
 
-A run's steps get slower as the network trains when tiny gradients turn denormal (the CPU handles those in slow
+A run's steps get slower as the network trains when tiny values turn denormal (the CPU handles those in slow
 microcode); simclr.runtime.configure_device flushes them. Writes benchmarks/results/cpu_step_drift.json.
 """
 

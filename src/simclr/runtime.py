@@ -122,9 +122,10 @@ def reuse_freed_memory(enable: bool = True) -> bool:
 def configure_device(device: torch.device, reuse_memory: bool = True, deterministic: bool = False) -> None:
     """Process-wide speed settings, each measured in benchmarks/RESULTS.md: on CUDA, cuDNN times its convolution
     algorithms once per shape and keeps the fastest (steps have fixed shapes); on the CPU, freed memory is reused
-    (:func:`reuse_freed_memory`, ``train.reuse_memory``) and denormal floats are flushed to zero: a trained network's
-    tiny gradients slowed late steps by up to 40 % on an AMD EPYC Zen 4 (benchmarks/cpu_step_drift.py). Threads
-    inherit the setting when they are created, so this runs before the first parallel kernel where it can.
+    (:func:`reuse_freed_memory`, ``train.reuse_memory``) and denormal floats are flushed to zero: as the network
+    trains, tiny values make later steps slower (benchmarks/cpu_step_drift.py; RESULTS.md, "Where the loop's time
+    goes"). Threads inherit the setting when they are created, so this runs before the first parallel kernel where
+    it can.
 
     ``deterministic`` (``train.deterministic``) trades that speed for runs that repeat bitwise on CUDA (the CPU
     path already does): :func:`use_deterministic`.
