@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-R0 = "--batch-size 256 --temperature 0.5 --lr 0.3 --set train.low_res_size=0"  # as in cpu_accuracy.sh
+SCRIPT = (Path(__file__).resolve().parent / "cpu_accuracy.sh").read_text()  # owns the rows and R0
+R0 = re.search(r'^R0="([^"]*)"', SCRIPT, flags=re.M).group(1)
 
 
 def _pct(x) -> str:
@@ -38,8 +39,7 @@ def row(name: str) -> str:
 def main(names: list[str]) -> None:
     if not names:
         # the rows in the order of cpu_accuracy.sh's ABLATION list (its one owner), then the shipped recipe
-        script = (Path(__file__).resolve().parent / "cpu_accuracy.sh").read_text()
-        names = re.findall(r'^\s*"(b6m_\w+)\|', script, flags=re.M) + ["budget6m"]
+        names = re.findall(r'^\s*"(b6m_\w+)\|', SCRIPT, flags=re.M) + ["budget6m"]
         names = [n for n in names if (RESULTS / f"cpu_accuracy_{n}.json").is_file()]
     print("| run | flags | kNN test | linear test | kNN val | linear val | images/s | images seen |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -586,6 +586,7 @@ def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, pre
     if state.budget:  # the plan of a budgeted run beside what it took
         info["budget"] = {**state.budget, "steps": state.global_step}
     if cfg.train.low_res_size:
-        info["low_res"] = {"size": cfg.train.low_res_size, "steps": state.full_res_from,
-                           "full_size": cfg.model.image_size, "full_size_steps": state.global_step - (state.full_res_from or state.global_step)}
+        low_steps = state.global_step if state.full_res_from is None else state.full_res_from  # never switched: all
+        info["low_res"] = {"size": cfg.train.low_res_size, "steps": low_steps,
+                           "full_size": cfg.model.image_size, "full_size_steps": state.global_step - low_steps}
     rundir.write_run_json(run_dir, info)
