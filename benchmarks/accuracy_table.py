@@ -1,9 +1,12 @@
 """The recipe ablation table of benchmarks/RESULTS.md from the results of `bash benchmarks/cpu_accuracy.sh <row>`:
 
     python benchmarks/accuracy_table.py [budget6m b6m_bs128 ...]   (default: the ABLATION rows of cpu_accuracy.sh, then budget6m)
+    python benchmarks/accuracy_table.py --round2 TAG                (round 2: budget6m_TAG, then the QROWS rows run with TAG)
 
 One line per run: test kNN and linear accuracy, the same on the validation split (the recipe is chosen on those),
-images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<name>.json.
+images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<name>.json, and the test figures'
+95 % bootstrap intervals from the runs' own RUNS/<name>/eval/<protocol>/metrics.json (RUNS: cpu_accuracy.sh's
+default, runs/bench_accuracy); a run not on this machine, or evaluated before the intervals, shows its figure alone.
 """
 
 from __future__ import annotations
@@ -13,13 +16,29 @@ import re
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SCRIPT = (Path(__file__).resolve().parent / "cpu_accuracy.sh").read_text()  # owns the rows and R0
+from simclr.stats import describe_bootstrap, format_interval, format_metric
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SCRIPT = (HERE / "cpu_accuracy.sh").read_text()  # owns the rows, R0 and where the runs go
 R0 = re.search(r'^R0="([^"]*)"', SCRIPT, flags=re.M).group(1)
+RUNS = HERE.parent / re.search(r"^RUNS=\$\{3:-([^}]*)\}", SCRIPT, flags=re.M).group(1)
+found: dict = {}  # the bootstrap settings of the first run with intervals, and the runs without them
 
 
 def _pct(x) -> str:
-    return f"{100 * x:.1f} %" if isinstance(x, (int, float)) else "—"
+    return format_interval(x) if isinstance(x, (int, float)) else "—"
+
+
+def _test(run: Path, protocol: str, x) -> str:
+    """A test figure with its interval from the run's metrics.json (the figure alone where that file is missing)."""
+    path = run / "eval" / protocol / "metrics.json"
+    m = json.loads(path.read_text()) if path.is_file() else {}
+    if "intervals" not in m:
+        found.setdefault("missing", []).append(str(run.relative_to(RUNS)))
+        return _pct(x)
+    found.setdefault("bootstrap", (m["bootstrap"], m["n_test"]))
+    return format_metric(m)
 
 
 def row(name: str) -> str:
@@ -30,25 +49,44 @@ def row(name: str) -> str:
     seen = steps * batch
     speed = seen / r["pretrain_wall_time_s"] if r.get("pretrain_wall_time_s") else None
     flags = r["command"].split("--set train.knn_every=0", 1)[-1].replace(" --baselines ''", "").removesuffix(" --baselines")
-    flags = flags.replace(R0, "").strip() or ("(the quickstart preset)" if name == "budget6m" else "(R0)")
+    flags = flags.replace(R0, "").strip() or ("(the quickstart preset)" if name.startswith("budget6m") else "(R0)")
     test, val = r.get("simclr", {}), r.get("simclr_val", {})
-    return (f"| {name} | `{flags}` | {_pct(test.get('knn'))} | {_pct(test.get('linear'))} | {_pct(val.get('knn'))} | "
+    knn, linear = (_test(RUNS / name, p, test.get(p)) for p in ("knn", "linear"))
+    return (f"| {name} | `{flags}` | {knn} | {linear} | {_pct(val.get('knn'))} | "
             f"{_pct(val.get('linear'))} | {speed:,.0f} | {seen:,} |" if speed else f"| {name} | `{flags}` | ... |")
 
 
 def main(names: list[str]) -> None:
-    if not names:
+    base_name = "b6m_old"  # the run whose random-init baseline ends the table
+    if names[:1] == ["--round2"]:
+        # round 2: the shipped recipe on this kind of processor, then cpu_accuracy.sh's QROWS in its order
+        tag = names[1]
+        names = [f"budget6m_{tag}"] + [f"{n}_{tag}" for n in re.findall(r'^\s*"(q6m_\w+)\|', SCRIPT, flags=re.M)]
+        names = [n for n in names if (RESULTS / f"cpu_accuracy_{n}.json").is_file()]
+        base_name = f"budget6m_{tag}"
+    elif not names:
         # the rows in the order of cpu_accuracy.sh's ABLATION list (its one owner), then the shipped recipe
         names = re.findall(r'^\s*"(b6m_\w+)\|', SCRIPT, flags=re.M) + ["budget6m"]
         names = [n for n in names if (RESULTS / f"cpu_accuracy_{n}.json").is_file()]
+    machines = {json.loads((RESULTS / f"cpu_accuracy_{n}.json").read_text()).get("hardware") for n in names}
+    print("Machine: " + "; ".join(sorted(m or "AMD EPYC Zen 4 (x86_64 AVX512 AVX512_BF16), bf16 (before run.json "
+                                         "named the hardware)" for m in machines)))
+    print()
     print("| run | flags | kNN test | linear test | kNN val | linear val | images/s | images seen |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in names:
         print(row(name))
-    base = json.loads((RESULTS / "cpu_accuracy_b6m_old.json").read_text())
+    base = json.loads((RESULTS / f"cpu_accuracy_{base_name}.json").read_text())
     ri, riv = base.get("random_init", {}), base.get("random_init_val", {})
-    print(f"| random init | (no pretraining) | {_pct(ri.get('knn'))} | {_pct(ri.get('linear'))} | {_pct(riv.get('knn'))} | "
-          f"{_pct(riv.get('linear'))} | | 0 |")
+    knn, linear = (_test(RUNS / base_name / "baselines" / "random", p, ri.get(p)) for p in ("knn", "linear"))
+    print(f"| random init | (no pretraining) | {knn} | {linear} | {_pct(riv.get('knn'))} | {_pct(riv.get('linear'))} | | 0 |")
+    print()
+    if "bootstrap" in found:
+        print(f"Test columns: {describe_bootstrap(*found['bootstrap'])}.")
+    if found.get("missing"):
+        print(f"No interval (no metrics.json with intervals under {RUNS.relative_to(HERE.parent)}/): "
+              f"{', '.join(dict.fromkeys(found['missing']))}; `simclr evaluate --run <run> --protocol knn,linear` adds them "
+              "(or rerun `bash benchmarks/cpu_accuracy.sh <row>`).")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # and linear probe on the CIFAR-10 test set, through the real command line (`simclr run` = pretrain + evaluate +
 # the random-init baseline under the same protocols + report):
 #
-#   bash benchmarks/cpu_accuracy.sh [quick|long|budget6m|budget30m|ablation|b6m_<row>|all] [CIFAR10_DIR] [RUNS_DIR]
+#   bash benchmarks/cpu_accuracy.sh [quick|long|budget6m|budget30m|ablation|b6m_<row>|ablation2|q6m_<row>|all] [CIFAR10_DIR] [RUNS_DIR]
 #
 #   quick  the quickstart as shipped (src/simclr/configs/quickstart.yaml: a 5-minute budget on 8,000 training images;
 #          kNN and linear on 8,000 test images)
@@ -14,9 +14,11 @@
 #          as the bank, linear probe on the training labels, chosen on the validation split
 #   ablation / b6m_<row>  every row / one row of the recipe ablation at the 6-minute budget (ABLATION below; about
 #          10 minutes each on 2 cores), without the random-init baseline
+#   ablation2 / q6m_<row>  round 2: one ingredient each on top of today's quickstart recipe (QROWS below)
 #   CIFAR10_DIR  default: ../shared/data/cifar10 (the JPEG copy of CIFAR-10 in image-folder layout)
 #   RUNS_DIR     default: runs/bench_accuracy
-# Writes RUNS_DIR/<name>/ (run directories, report) and benchmarks/results/cpu_accuracy_<name>.json.
+# Writes RUNS_DIR/<name>/ (run directories, report) and benchmarks/results/cpu_accuracy_<name>.json; with TAG=x in
+# the environment every name gets the suffix _x (TAG=avx2: the rows of another kind of processor beside the others).
 set -eu
 cd "$(dirname "$0")/.."
 WHICH=${1:-all}
@@ -27,7 +29,7 @@ PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3
 export PYTHONUNBUFFERED=1
 
 run() {  # name, extra flags...
-  local name=$1; shift
+  local name=$1${TAG:+_$TAG}; shift
   local out=$RUNS/$name
   local started; started=$(date +%s)
   local load_before; load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -47,6 +49,8 @@ res = {
     "pretrain_wall_time_s": info.get("wall_time_s"),
     "total_wall_time_s": wall,
     "pretrain_epochs": info.get("epochs"),
+    "hardware": (info.get("precision_choice") or {}).get("hardware"),
+    "precision": info.get("precision"),
     "budget_plan": info.get("budget"),
     "pretrain_images_per_s": [m.get("images_per_sec") for m in metrics],
     "load_average_before": load0,
@@ -78,6 +82,23 @@ ABLATION=(
   "b6m_bs128_lowres16_f09|--batch-size 128 --set train.low_res_size=16 --set train.low_res_fraction=0.9"
   "b6m_bs128_lowres16_t02_lr2|--batch-size 128 --set train.low_res_size=16 --temperature 0.2 --lr 0.6"
 )
+# Round 2 (issue 19): rows on top of the quickstart preset as it is today (recipe Q, the budget6m row), one
+# ingredient each; the names start with q6m_. Multi-crop: small crops of augment.small_size px at 32 px views (half
+# that while the views are 16 px); crop scale (Q's lower bound is 0.2); colour; weight decay; LARS (the SimCLR
+# paper's optimizer, lr 1.2 per 256 with its trust ratio); warm-up (B6 cuts it to 0.05 epochs); a second seed.
+QROWS=(
+  "q6m_mc2|--set augment.small_crops=2"
+  "q6m_mc4|--set augment.small_crops=4"
+  "q6m_mc4_s12|--set augment.small_crops=4 --set augment.small_size=12"
+  "q6m_scale008|--set augment.scale=[0.08,1.0]"
+  "q6m_scale035|--set augment.scale=[0.35,1.0]"
+  "q6m_gray01|--set augment.gray_p=0.1"
+  "q6m_jitter1|--set augment.jitter_strength=1.0"
+  "q6m_wd1e4|--set optim.weight_decay=1e-4"
+  "q6m_lars|--optimizer lars --lr 1.2"
+  "q6m_warm0|--set optim.warmup_epochs=0.01"
+  "q6m_seed1|--seed 1"
+)
 ablate() {  # name
   local row
   for row in "${ABLATION[@]}"; do
@@ -87,7 +108,14 @@ ablate() {  # name
       return
     fi
   done
-  echo "unknown ablation row: $1 (rows: $(printf '%s ' "${ABLATION[@]%%|*}"))" >&2; exit 2
+  for row in "${QROWS[@]}"; do
+    if [ "${row%%|*}" = "$1" ]; then
+      # shellcheck disable=SC2086
+      run "$1" $B6 ${row#*|} --baselines ''
+      return
+    fi
+  done
+  echo "unknown ablation row: $1 (rows: $(printf '%s ' "${ABLATION[@]%%|*}" "${QROWS[@]%%|*}"))" >&2; exit 2
 }
 
 case "$WHICH" in
@@ -100,6 +128,7 @@ case "$WHICH" in
   long) run long --set data.limit=null --epochs 2 --set train.knn_every=0 ;;
   all) run quick; run long --set data.limit=null --epochs 2 --set train.knn_every=0 ;;
   ablation) for row in "${ABLATION[@]}"; do ablate "${row%%|*}"; done ;;
-  b6m_*) ablate "$WHICH" ;;
-  *) echo "usage: $0 [quick|long|budget6m|budget30m|ablation|b6m_<row>|all] [CIFAR10_DIR] [RUNS_DIR]" >&2; exit 2 ;;
+  ablation2) for row in "${QROWS[@]}"; do ablate "${row%%|*}"; done ;;
+  b6m_*|q6m_*) ablate "$WHICH" ;;
+  *) echo "usage: $0 [quick|long|budget6m|budget30m|ablation|b6m_<row>|ablation2|q6m_<row>|all] [CIFAR10_DIR] [RUNS_DIR]" >&2; exit 2 ;;
 esac

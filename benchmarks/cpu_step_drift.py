@@ -25,6 +25,7 @@ def one(data: str, steps: int, batch: int, flush: bool) -> list[float]:
     from simclr.config import load_config
     from simclr.data import load_split
     from simclr.optim import Schedule
+    from simclr.precision import choose_precision
     from simclr.runtime import Dist, configure_device
     from simclr.train import TrainState, _build, train_one_epoch
 
@@ -35,7 +36,8 @@ def one(data: str, steps: int, batch: int, flush: bool) -> list[float]:
     torch.set_flush_denormal(flush)  # before the first parallel kernel: the worker threads inherit it
     images = load_split(cfg.data, "train", cfg.model.image_size, seed=0, log=lambda *a: None).images
     rt = Dist(device=device)
-    _, net, optimizer, _ = _build(cfg, rt, None, "bf16", lambda *a: None)
+    model, net, optimizer, _, _ = _build(cfg, rt, None, lambda *a: None)
+    precision = choose_precision(cfg.train.precision, device, model, cfg.model.image_size).name  # the run's choice
     schedule = Schedule(optimizer, cfg.optim, batch, len(images) // batch, cfg.train.epochs)
     marks: list[float] = []
 
@@ -43,7 +45,7 @@ def one(data: str, steps: int, batch: int, flush: bool) -> list[float]:
         marks.append(time.perf_counter())
         return schedule(step)
 
-    train_one_epoch(net, optimizer, timed, device_batches(images, cfg, 0, 0, rt), steps, cfg, TrainState(), rt, "bf16",
+    train_one_epoch(net, optimizer, timed, device_batches(images, cfg, 0, 0, rt), steps, cfg, TrainState(), rt, precision,
                     log=lambda *a, **k: None)
     marks.append(time.perf_counter())
     return [round(b - a, 3) for a, b in zip(marks, marks[1:])]

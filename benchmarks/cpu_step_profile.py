@@ -42,7 +42,8 @@ from torch.profiler import ProfilerActivity, profile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from simclr.bench import _views_step, machine_info, our_settings, run_pipeline  # noqa: E402
+from simclr.bench import machine_info, our_settings, run_pipeline  # noqa: E402
+from simclr.bench import views_step as _views_step  # noqa: E402
 from simclr.config import load_config  # noqa: E402
 from simclr.models import build_model  # noqa: E402
 from simclr.optim import build_optimizer  # noqa: E402

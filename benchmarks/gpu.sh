@@ -161,7 +161,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   if [ "$T" -gt 20 ]; then
     say "stage 2: simclr bench (<= ${T}s)"
     timeout -s INT -k 10 "$T" "$PYTHON" -m simclr bench --config cifar10_resnet18 --device "$DEVICE" --batch-size 512 \
-      --precision bf16 --parts step,ablation,augment --steps 30 --warmup 10 --aug-images 51200 --workers "$WORKERS" \
+      --parts step,ablation,augment --steps 30 --warmup 10 --aug-images 51200 --workers "$WORKERS" \
       "${COMPILE_FLAG[@]}" "${BENCH_EXTRA[@]}" --json --output "$OUT_DIR/bench.json" >/dev/null 2>>"$LOG"
     say "stage 2 exit $?"
   else

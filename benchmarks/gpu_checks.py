@@ -85,12 +85,13 @@ class _Stepper:
 
     def __init__(self, args, device: torch.device, optimizer: str = "sgd", ddp: bool = False):
         from simclr.optim import Schedule, build_optimizer
-        from simclr.runtime import Dist, resolve_precision
+        from simclr.precision import choose_precision
+        from simclr.runtime import Dist
         from simclr.train import TrainState, _LossTally, device_batches
 
         self.cfg = _config(args, **{"optim.name": optimizer})
         self.device = device
-        self.precision = resolve_precision("auto", device)
+        self.precision = choose_precision("auto", device).name
         model = _model(self.cfg, device)
         B = self.cfg.train.batch_size
         self.optimizer = build_optimizer(self.cfg.optim, model, B)
@@ -276,13 +277,14 @@ def _train(args, device: torch.device, split: int | None, steps: int = 6) -> dic
     """``steps`` steps of train_one_epoch from a seeded model; with ``split``, stop there, round-trip model, optimizer
     and state through torch.save into a fresh model, and continue. Returns the final parameters and buffers."""
     from simclr.optim import Schedule, build_optimizer
-    from simclr.runtime import Dist, resolve_precision
+    from simclr.precision import choose_precision
+    from simclr.runtime import Dist
     from simclr.train import TrainState, device_batches, train_one_epoch
 
     cfg = _config(args, **{"train.batch_size": min(args.batch_size, 256)})
     B = cfg.train.batch_size
     images = _images(args, steps * B, device)
-    rt, precision = Dist(device=device), resolve_precision("auto", device)
+    rt, precision = Dist(device=device), choose_precision("auto", device).name
 
     def fresh():
         model = _model(cfg, device)
@@ -370,7 +372,7 @@ def check_eval_on_device(args, device: torch.device) -> None:
 
 
 def check_memory(args, device: torch.device) -> None:
-    from simclr.data import check_device_memory, free_host_memory, image_bytes
+    from simclr.hardware import check_device_memory, free_host_memory, image_bytes
 
     try:
         host = free_host_memory()

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import simclr.loss as loss_module
-from simclr.loss import all_gather_with_grad, nt_xent
+from simclr.loss import all_gather_with_grad, multicrop_nt_xent, nt_xent
 
 
 def _local(x: torch.Tensor, rank: int, n: int) -> torch.Tensor:
@@ -78,6 +78,16 @@ def main() -> None:
         loss_module.all_gather_with_grad = original
     out["loss_buggy_gather"] = bad.detach()
     out["grad0_buggy_gather"] = b0.grad
+
+    # 5. Multi-crop: two global views and the small crops' projections, gathered in one collective, fp64.
+    views = [_local(v, rank, n).requires_grad_() for v in (inp["z0"], inp["z1"], *inp["small"])]
+    mc = multicrop_nt_xent(views, temperature=t)
+    mc.backward()
+    mc_mean = mc.detach().clone()
+    dist.all_reduce(mc_mean)
+    out["multicrop_loss"] = mc.detach()
+    out["multicrop_loss_mean"] = mc_mean / world
+    out["multicrop_grads"] = torch.stack([v.grad for v in views])
 
     # 5. End to end with DDP: a linear projection, the two views in one forward, DDP averages grads.
     model = torch.nn.Linear(inp["weight"].shape[1], inp["weight"].shape[0]).double()

@@ -4,10 +4,12 @@ import json
 import os
 
 import pytest
+import torch
 from conftest import make_image_folder
 
 from simclr.bench import PipelineError, format_table, run_pipeline
 from simclr.cli import main
+from simclr.precision import auto_precision, capability
 
 TINY = ["--device", "cpu", "--batch-size", "8", "--image-size", "16", "--steps", "1", "--warmup", "1",
         "--aug-images", "16", "--epoch-images", "16", "--workers", "0", "--set", "model.proj_hidden=[16]",
@@ -22,7 +24,10 @@ def test_bench_json_has_every_part(capsys, tmp_path):
     assert json.loads(out.read_text()) == result
     assert {"machine", "settings", "augment", "step", "epoch", "command"} <= set(result)
     assert {"date", "cpu", "cpu_count", "load_average", "torch", "device"} <= set(result["machine"])
-    assert result["settings"]["batch_size"] == 8 and result["settings"]["precision"] == "bf16"
+    s = result["settings"]
+    assert s["batch_size"] == 8 and s["baseline_precision"] == "fp32"
+    assert s["precision"] == auto_precision("cpu", capability(torch.device("cpu")))[0]  # x86: from the hardware
+    assert s["precision_reason"] and s["hardware"].startswith("cpu: ")
     for part in ("augment", "step", "epoch"):
         assert {"ours", "baseline", "speedup"} <= set(result[part]), part
         for name in ("ours", "baseline"):
@@ -45,7 +50,9 @@ def test_bench_stream_and_ablation_parts(capsys, tmp_path):
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"ours", "stream"} <= set(result["epoch"]) and "baseline" not in result["epoch"]
-    assert {"fp32", "bf16+channels_last"} <= set(result["ablation"])
+    p = result["settings"]["precision"]  # the hardware's choice: its rows, and bf16 ones only where it is bf16
+    assert {"fp32", "fp32+channels_last", f"{p}+channels_last+fused_sgd"} <= set(result["ablation"])
+    assert ("bf16+channels_last" in result["ablation"]) == (p == "bf16")
     assert result["settings"]["data"] == str(folder)
     assert result["epoch"]["stream"]["pid"] == os.getpid()  # --in-process
 

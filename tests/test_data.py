@@ -14,9 +14,9 @@ import torchvision.datasets
 import torchvision.datasets.cifar
 from PIL import Image
 
-from simclr import data as data_mod
 from simclr.config import DataConfig
 from simclr.data import ImageData, load_split, split_labels
+from simclr.data import decode as decode_mod
 from simclr.errors import DataError
 
 RED, GREEN, BLUE = (220, 20, 30), (20, 200, 40), (30, 40, 210)
@@ -231,8 +231,8 @@ def test_process_pool_matches_sequential(tmp_path, monkeypatch):
         solid(root / f"{i}.png", (i * 25, 255 - i * 25, 7))
     (root / "4b.png").write_bytes(b"")
     seq = load_split(cfg_for(root, tmp_path / "a"), "train", 8, log=Log())
-    monkeypatch.setattr(data_mod, "POOL_MIN_FILES", 1)
-    monkeypatch.setattr(data_mod, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(decode_mod, "POOL_MIN_FILES", 1)
+    monkeypatch.setattr(decode_mod, "cpu_count", lambda: 2)
     log = Log()
     par = load_split(cfg_for(root, tmp_path / "b"), "train", 8, log=log)
     assert log.count("2 processes") == 1

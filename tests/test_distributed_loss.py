@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from simclr.loss import nt_xent
+from simclr.loss import multicrop_nt_xent, nt_xent
 
 WORLD = 2
 N = 4  # images per rank
@@ -66,6 +66,7 @@ def run(tmp_path_factory):
         "x1": torch.randn(WORLD * N, D_IN, generator=g, dtype=torch.float64),
         "weight": torch.randn(D, D_IN, generator=g, dtype=torch.float64),
         "bias": torch.randn(D, generator=g, dtype=torch.float64),
+        "small": z0 + 1.2 * torch.randn(2, WORLD * N, D, generator=g, dtype=torch.float64),  # two small crops each
     }
     torch.save(inputs, tmp / "inputs.pt")
 
@@ -159,3 +160,17 @@ def test_gather_false_is_the_local_loss(run):
     for rank, res in enumerate(results):
         local = nt_xent(inputs["z0"][rows_of(rank)], inputs["z1"][rows_of(rank)], TEMPERATURE)
         torch.testing.assert_close(res["loss_local_only"], local, rtol=1e-12, atol=1e-12)
+
+
+def test_multicrop_loss_and_gradients_match_single_process(run):
+    """Multi-crop NT-Xent under 2 processes: the global mean is the 1-process loss on the global batch, and each
+    rank's views get W times the 1-process gradient of their rows (float64)."""
+    inputs, results = run
+    views = [v.clone().requires_grad_() for v in (inputs["z0"], inputs["z1"], *inputs["small"])]
+    single = multicrop_nt_xent(views, TEMPERATURE)
+    single.backward()
+    for rank, res in enumerate(results):
+        torch.testing.assert_close(res["multicrop_loss_mean"], single.detach(), rtol=1e-10, atol=1e-12)
+        for j, v in enumerate(views):
+            torch.testing.assert_close(res["multicrop_grads"][j] / WORLD, v.grad[rows_of(rank)], rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(results[0]["multicrop_loss"], results[1]["multicrop_loss"])

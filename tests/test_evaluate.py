@@ -157,6 +157,11 @@ def test_encoder_unchanged_by_linear_mlp_knn(tiny_folder, tmp_path):
             assert key in m, key
         assert (m["n_train"], m["n_val"], m["n_test"]) == (30, 6, 12)  # mlp: n_train_labels clamped to the 30
         assert set(m["per_class_accuracy"]) == {"a", "b", "c"}
+        for key in ("accuracy", "f1_weighted", "f1_macro"):  # every test figure carries its 95 % interval
+            low, high = m["intervals"][key]
+            assert low <= m[key] <= high, key
+        assert m["bootstrap"]["resamples"] == cfg.eval.bootstrap and m["bootstrap"]["level"] == 0.95
+        assert "seed_runs" not in m  # eval.seeds = 1: nothing repeated
         rows = list(csv.DictReader((d / "predictions.csv").open()))
         assert len(rows) == 12 and {"index", "true", "predicted"} <= set(rows[0])
         acc = np.mean([r["true"] == r["predicted"] for r in rows])
@@ -175,8 +180,10 @@ def test_finetune_trains_a_copy(tiny_folder, tmp_path):
     enc = bn_touched_encoder(cfg)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     cfg.eval.tsne_points = 0
+    cfg.eval.seeds = 2
     res = evaluate_encoder(enc, cfg, "finetune", tmp_path / "eval", labels=[12], log=lambda *a, **k: None)
     assert res["finetune"]["n_train"] == 12 and res["finetune"]["head_epochs"] == 1
+    assert [r["seed"] for r in res["finetune"]["seed_runs"]["rows"]] == [0, 1]
     assert all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items())
     d = tmp_path / "eval" / "finetune"
     w = load_file(str(d / "model.safetensors"))
@@ -229,6 +236,35 @@ def test_evaluate_cli_and_errors(tiny_run, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_seeds_give_one_row_per_seed_then_compare(tiny_run, tmp_path, capsys):
+    rc = main(["evaluate", "--run", str(tiny_run), "--protocol", "knn,linear", "--seeds", "3", "--epochs", "2",
+               "--set", "eval.tsne_points=0", "--set", "eval.bootstrap=200"])
+    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    lin = json.loads((tiny_run / "eval" / "linear" / "metrics.json").read_text())
+    runs = lin["seed_runs"]
+    assert runs["seeds"] == [0, 1, 2] and [r["seed"] for r in runs["rows"]] == [0, 1, 2]
+    assert runs["rows"][0]["accuracy"] == lin["accuracy"]  # the train.seed run is the headline figure
+    for key in ("accuracy", "f1_weighted", "f1_macro"):
+        values = [r[key] for r in runs["rows"]]
+        assert runs["mean"][key] == pytest.approx(np.mean(values))
+        assert runs["std"][key] == pytest.approx(np.std(values, ddof=1))
+    assert lin["bootstrap"]["resamples"] == 200
+    knn = json.loads((tiny_run / "eval" / "knn" / "metrics.json").read_text())
+    assert "no seed" in knn["seed_runs"]["note"] and "rows" not in knn["seed_runs"]
+    assert "(3 seeds)" in out and "knn has no seed" in out and "percentile bootstrap" in out
+
+    # the same run against itself: no difference, p = 1
+    assert main(["compare", str(tiny_run), str(tiny_run), "--protocol", "linear", "--out", str(tmp_path / "c.json")]) == 0
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["difference"]["accuracy"]["difference"] == 0 and r["mcnemar"]["p_value"] == 1.0
+
+    assert main(["evaluate", "--run", str(tiny_run), "--protocol", "knn", "--seeds", "0"]) == 2
+    assert "eval.seeds: invalid value 0" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tiny_run), "--protocol", "knn", "--set", "eval.bootstrap=-5"]) == 2
+    assert "eval.bootstrap: invalid value -5" in capsys.readouterr().err
+
+
 def test_label_sweep(tiny_run, capsys):
     rc = main(["evaluate", "--run", str(tiny_run), "--protocol", "knn,linear", "--labels", "3,12,all", "--epochs", "2"])
     assert rc == 0, capsys.readouterr().err
@@ -238,6 +274,9 @@ def test_label_sweep(tiny_run, capsys):
     assert set(curves) == {"Tiny SimCLR (knn)", "Tiny SimCLR (linear)"}
     assert_png(d / "label_efficiency.png")
     assert not (tiny_run / "eval" / "knn").exists()  # a sweep writes only its own folder
+    for row in map(json.loads, (d / "sweep.jsonl").read_text().splitlines()):
+        low, high = row["intervals"]["accuracy"]
+        assert low <= row["accuracy"] <= high
 
 
 def test_embed_writes_features_with_paths(tiny_run, tiny_folder, tmp_path):

@@ -162,16 +162,16 @@ def test_cudnn_autotuning_without_deterministic(restore_determinism):
 
 
 def test_decoding_more_than_free_memory_is_a_data_error(tiny_folder, tmp_path, monkeypatch, capsys):
-    from simclr import data
+    from simclr import data, hardware
 
     # 36 train images of 16 px are 27,648 bytes; with 20,000 bytes free they do not fit
-    monkeypatch.setattr(data, "free_host_memory", lambda: 20_000)
+    monkeypatch.setattr(hardware, "free_host_memory", lambda: 20_000)
     with pytest.raises(DataError, match="data.stream"):
         data.load_split(load_config(None, {"data.name": str(tiny_folder)}).data, "train", 16, log=lambda *a: None)
     rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), "--image-size", "16"])
     assert rc == 3 and "data.stream" in capsys.readouterr().err
     # two processes of a torchrun job on this machine hold two copies
-    monkeypatch.setattr(data, "free_host_memory", lambda: 40_000)
+    monkeypatch.setattr(hardware, "free_host_memory", lambda: 40_000)
     cfg = load_config(None, {"data.name": str(tiny_folder)}).data
     data.load_split(cfg, "train", 16, log=lambda *a: None)  # fits once (and is now cached)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -180,26 +180,26 @@ def test_decoding_more_than_free_memory_is_a_data_error(tiny_folder, tmp_path, m
 
 
 def test_device_resident_images_are_checked_against_free_gpu_memory(monkeypatch):
-    from simclr import data
+    from simclr import hardware
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1_000_000, 80_000_000_000))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    data.check_device_memory(400_000, torch.device("cuda", 0))  # 40 % of the free memory: fits
+    hardware.check_device_memory(400_000, torch.device("cuda", 0))  # 40 % of the free memory: fits
     with pytest.raises(DataError, match="data.stream"):
-        data.check_device_memory(600_000, torch.device("cuda", 0))
+        hardware.check_device_memory(600_000, torch.device("cuda", 0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on one GPU: two copies
     with pytest.raises(DataError, match="2 processes share"):
-        data.check_device_memory(400_000, torch.device("cuda", 0))
-    data.check_device_memory(10**15, torch.device("cpu"))  # the CPU path keeps the host copy: nothing to add
+        hardware.check_device_memory(400_000, torch.device("cuda", 0))
+    hardware.check_device_memory(10**15, torch.device("cpu"))  # the CPU path keeps the host copy: nothing to add
 
 
 def test_decode_pool_takes_one_process_share_of_the_cores(monkeypatch):
-    from simclr import data
+    from simclr import hardware
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert data._cpu_count() == 16
+    assert hardware.cpu_count() == 16
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert data._cpu_count() == 4
+    assert hardware.cpu_count() == 4
 
 
 def test_feature_head_reads_the_device_once_per_epoch_not_per_step(monkeypatch):

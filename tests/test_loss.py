@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from simclr.loss import all_gather_with_grad, nt_xent
+from simclr.loss import all_gather_with_grad, multicrop_nt_xent, nt_xent
 
 
 def reference_per_anchor(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -175,3 +175,71 @@ def test_not_distributed_gather_is_identity():
 def test_invalid_arguments_raise(z0, z1, temperature):
     with pytest.raises(ValueError):
         nt_xent(z0, z1, temperature)
+
+
+# ----------------------------------------------------------------------------- multi-crop
+
+
+def reference_multicrop(views: list[torch.Tensor], temperature: float, n_global: int = 2) -> torch.Tensor:
+    """Multi-crop NT-Xent one positive pair and one candidate at a time, in float64: for every image and every
+    ordered pair (a, p) of two of its views with at least one global, -log(exp(s_ap/T) / sum over all other views
+    k != a of the batch of exp(s_ak/T)); the mean over all such pairs."""
+    v, n = len(views), views[0].shape[0]
+    flat = [(j, i, views[j][i].double()) for j in range(v) for i in range(n)]
+
+    def sim(x, y):
+        return torch.dot(x, y) / (x.norm() * y.norm()) / temperature
+
+    losses = []
+    for ja, ia, za in flat:
+        denominator = sum(torch.exp(sim(za, zk)) for jk, ik, zk in flat if (jk, ik) != (ja, ia))
+        for jp in range(v):
+            if jp != ja and (ja < n_global or jp < n_global):
+                losses.append(-torch.log(torch.exp(sim(za, views[jp][ia].double())) / denominator))
+    return torch.stack(losses).mean()
+
+
+def _views(v: int, n: int, d: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return [base + 0.8 * torch.randn(n, d, generator=g, dtype=torch.float64) for _ in range(v)]
+
+
+@pytest.mark.parametrize(("v", "n", "d", "temperature"), [(3, 2, 4, 0.5), (4, 3, 5, 0.2), (8, 4, 6, 0.1), (2, 5, 3, 0.5)])
+def test_multicrop_matches_naive_reference_fp64(v, n, d, temperature):
+    views = [x.requires_grad_() for x in _views(v, n, d, seed=v * 10 + n)]
+    ref_views = [x.detach().clone().requires_grad_() for x in views]
+    loss = multicrop_nt_xent(views, temperature)
+    expected = reference_multicrop(ref_views, temperature)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    loss.backward()
+    expected.backward()
+    for a, b in zip(views, ref_views):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_multicrop_with_two_views_is_nt_xent_exactly():
+    z0, z1 = _pair(6, 8, seed=3, dtype=torch.float32)
+    assert torch.equal(multicrop_nt_xent([z0, z1], 0.2), nt_xent(z0, z1, 0.2))
+    # and the general formula agrees with it too (the pair rule reduces to eq. 1)
+    assert torch.allclose(reference_multicrop([z0, z1], 0.2), reference(z0, z1, 0.2).double(), atol=1e-9)
+
+
+def test_multicrop_small_crops_are_not_paired_with_each_other():
+    """The pair rule is not "all pairs": counting small-small pairs (n_global = all views) changes the loss."""
+    views = _views(4, 3, 5, seed=1)
+    ours = multicrop_nt_xent(views, 0.5)
+    all_pairs = reference_multicrop(views, 0.5, n_global=4)
+    torch.testing.assert_close(multicrop_nt_xent(views, 0.5, n_global=4), all_pairs, rtol=1e-6, atol=1e-6)
+    assert abs(float(ours - all_pairs)) > 1e-3
+
+
+def test_multicrop_rejects_bad_input():
+    z = torch.randn(4, 3)
+    with pytest.raises(ValueError):
+        multicrop_nt_xent([z], 0.5)
+    with pytest.raises(ValueError):
+        multicrop_nt_xent([z, z, torch.randn(3, 3)], 0.5)
+    with pytest.raises(ValueError):
+        multicrop_nt_xent([z, z, z], 0.0)

@@ -12,8 +12,8 @@ from simclr.cli import main
 from simclr.config import load_config
 from simclr.data import ImageData
 from simclr.evaluate import EvalData, evaluate_encoder
+from simclr.evaluate.neighbors import pick_queries, search, write_eval_neighbors
 from simclr.models import build_backbone
-from simclr.neighbors import pick_queries, search, write_eval_neighbors
 from simclr.plots import plot_neighbors
 from simclr.report import write_report
 

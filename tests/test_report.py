@@ -109,7 +109,7 @@ def test_report_files_and_table(tmp_path, runs):
     assert md_path == tmp_path / "report" / "report.md" and md_path.is_file()
     assert html_path == tmp_path / "report" / "report.html" and html_path.is_file()
     md = md_path.read_text()
-    assert "Best test accuracy: 85.60 % (SimCLR, linear)." in md
+    assert "Best test accuracy: 85.6 % (SimCLR, linear)." in md
     header = next(ln for ln in md.split("## Results", 1)[1].splitlines() if ln.startswith("|"))
     assert [h.strip() for h in header.strip("|").split("|")] == list(report.COLUMNS)
 
@@ -120,17 +120,17 @@ def test_report_files_and_table(tmp_path, runs):
     linear = rows[1]
     assert linear == {"Method": "SimCLR", "Protocol": "linear", "Batch size": "512", "Backbone": "resnet18",
                       "Projection dim": "128", "Pretraining epochs": "100", "Head epochs": "100",
-                      "Optimizer": "sgd", "Test accuracy": "85.60 %", "Test F1 (weighted)": "0.855",
-                      "kNN accuracy": "83.20 %", "Wall time": "1 h 00 min + 41 s"}
+                      "Optimizer": "sgd", "Test accuracy": "85.6 %", "Test F1 (weighted)": "85.5 %",
+                      "kNN accuracy": "83.2 %", "Wall time": "1 h 00 min + 41 s"}
     assert rows[0]["Head epochs"] == "—"
     partial = rows[3]
     # No kNN evaluation: the last monitor value (of the re-logged epoch 2) with its mark.
-    assert partial["kNN accuracy"] == f"33.00 % {report.MONITOR_MARK}"
+    assert partial["kNN accuracy"] == f"33.0 % {report.MONITOR_MARK}"
     assert partial["Batch size"] == "256" and partial["Optimizer"] == "adam"
     assert partial["Test accuracy"] == "—"
     baseline = rows[4]
     assert baseline["Projection dim"] == "—" and baseline["Pretraining epochs"] == "0"
-    assert baseline["Test accuracy"] == "35.00 %" and baseline["Wall time"] == "41 s"
+    assert baseline["Test accuracy"] == "35.0 %" and baseline["Wall time"] == "41 s"
 
 
 def test_markdown_images_are_copied_and_relative(tmp_path, runs):
@@ -236,6 +236,27 @@ def test_results_table_leads_with_method_protocol_accuracy_f1(tmp_path, runs):
     md, html_path = report.write_report(runs, tmp_path / "out")
     first = md_table(md.read_text())[0]
     assert list(first)[:4] == ["Method", "Protocol", "Test accuracy", "Test F1 (weighted)"]
-    assert first["Test accuracy"] == "83.20 %" and first["Protocol"] == "knn"
+    assert first["Test accuracy"] == "83.2 %" and first["Protocol"] == "knn"
     css = html_path.read_text()
     assert "align-items:start" in css  # gallery cards keep their own height
+
+
+def test_test_figures_carry_their_interval_and_the_method_is_named_once(tmp_path):
+    run = make_full_run(tmp_path / "runs")
+    boot = {"method": "percentile bootstrap over the test images", "level": 0.95, "resamples": 1000, "seed": 0}
+    write_json(run / "eval/linear/metrics.json", eval_metrics(
+        "linear", 0.856, head_epochs=100, bootstrap=boot,
+        intervals={"accuracy": [0.849, 0.863], "f1_weighted": [0.848, 0.862], "f1_macro": [0.847, 0.861]},
+        seed_runs={"seeds": [0, 1, 2], "mean": {"accuracy": 0.854, "f1_weighted": 0.853, "f1_macro": 0.852},
+                   "std": {"accuracy": 0.002, "f1_weighted": 0.002, "f1_macro": 0.002}}))
+    md_path, html_path = report.write_report([run], tmp_path / "out")
+    md = md_path.read_text()
+    linear = next(r for r in md_table(md) if r["Protocol"] == "linear")
+    assert linear["Test accuracy"] == "85.6 % [84.9, 86.3]; 85.4 % ± 0.2 (3 seeds)"
+    assert linear["Test F1 (weighted)"].startswith("85.5 % [84.8, 86.2]")
+    assert "**Test F1 (macro):** 85.4 % [84.7, 86.1]" in md
+    assert md.count("percentile bootstrap interval over the 10,000 test images (1,000 resamples, seed 0)") == 1
+    html = html_path.read_text()
+    assert "85.6 % [84.9, 86.3]" in html and html.count("percentile bootstrap interval") == 1
+    knn = next(r for r in md_table(md) if r["Protocol"] == "knn")
+    assert knn["Test accuracy"] == "83.2 %"  # an older metrics.json without intervals: the figure alone

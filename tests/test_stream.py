@@ -11,7 +11,7 @@ from PIL import Image
 
 import simclr.data
 from simclr.batches import device_batches
-from simclr.bench import _views_step
+from simclr.bench import views_step as _views_step
 from simclr.config import load_config
 from simclr.data import list_images, load_split
 from simclr.loss import nt_xent
@@ -155,13 +155,13 @@ def test_stream_pretrain_decodes_only_monitor_and_preview(tmp_path, monkeypatch)
     folder = make_image_folder(tmp_path / "data")  # 36 train images
     out = tmp_path / "run"
     decoded: list[str] = []
-    real = simclr.data._decode_all
+    real = simclr.data.decode._decode_all
 
     def counting(paths, size, workers):
         decoded.extend(paths)
         return real(paths, size, workers)
 
-    monkeypatch.setattr(simclr.data, "_decode_all", counting)
+    monkeypatch.setattr(simclr.data.decode, "_decode_all", counting)
     # seed split: 12 labeled images held out (10 bank, 2 queries), 24 pretraining images in 2 steps
     cfg = _cfg(folder, **{"out": str(out), "train.epochs": 1, "data.stream": True, "data.workers": 0, "data.split": "seed",
                           "data.n_labeled": 12, "optim.warmup_epochs": 0, "train.preview": True})

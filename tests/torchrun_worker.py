@@ -7,7 +7,7 @@ with this script's arguments.
 import os
 import sys
 
-import simclr.data
+import simclr.data.decode
 import simclr.pipeline
 import simclr.report
 from simclr.cli import main
@@ -28,7 +28,7 @@ def _spy(module, name: str, describe):
     setattr(module, name, wrapper)
 
 
-_spy(simclr.data, "_decode_all", lambda paths, size, workers: f"{len(paths)} files {workers} workers")
+_spy(simclr.data.decode, "_decode_all", lambda paths, size, workers: f"{len(paths)} files {workers} workers")
 _spy(simclr.pipeline, "_evaluate", lambda run_dir, *a, **k: "")
 _spy(simclr.report, "write_report", lambda *a, **k: "")
 

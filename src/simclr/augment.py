@@ -32,6 +32,7 @@ import functools
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -447,12 +448,14 @@ def simclr_views(
     step: int,
     global_batch: int | None = None,
     offset: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """Two augmented views of a batch (SimCLR, Chen et al. 2020).
+    small_size: int = 0,
+) -> tuple[Tensor, ...]:
+    """Two augmented views of a batch (SimCLR, Chen et al. 2020), and with ``small_size`` the small crops of
+    multi-crop (``cfg.small_crops`` of them, Caron et al. 2020).
 
     Parameters are drawn for the whole global batch from :func:`batch_generator` (all of view 0, then
-    all of view 1) and rows ``[offset, offset + len(images))`` are applied, so a process holding a slice
-    of the global batch gets exactly its rows of the single-process views.
+    all of view 1, then each small crop) and rows ``[offset, offset + len(images))`` are applied, so a process
+    holding a slice of the global batch gets exactly its rows of the single-process views.
 
     Args:
         images: uint8 [n, 3, S, S], any device.
@@ -461,9 +464,11 @@ def simclr_views(
         seed, epoch, step: identify the global batch.
         global_batch: rows in the global batch (default ``n``).
         offset: index of ``images[0]`` in the global batch.
+        small_size: side (px) of the small crops; 0: none (whatever ``cfg.small_crops`` says).
 
     Returns:
-        (view0, view1), each float32 [n, 3, out_size, out_size], normalised.
+        (view0, view1), each float32 [n, 3, out_size, out_size], normalised; then the small crops, each
+        [n, 3, small_size, small_size], when ``small_size`` is set.
     """
     n, _, hgt, wid = images.shape
     if hgt != wid:
@@ -471,25 +476,31 @@ def simclr_views(
     total = n if global_batch is None else global_batch
     if offset < 0 or offset + n > total:
         raise ValueError(f"rows [{offset}, {offset + n}) do not fit in a global batch of {total}")
-    p0, p1 = view_params(total, (offset, offset + n), hgt, out_size, cfg, seed, epoch, step)
-    return apply_params(images, p0, out_size, cfg), apply_params(images, p1, out_size, cfg)
+    crops = cfg.small_crops if small_size else 0
+    params = view_params(total, (offset, offset + n), hgt, out_size, cfg, seed, epoch, step, crops)
+    small_cfg = replace(cfg, scale=cfg.small_scale) if crops else cfg
+    return tuple(apply_params(images, p, out_size, cfg) for p in params[:2]) + tuple(
+        apply_params(images, p, small_size, small_cfg) for p in params[2:])
 
 
 def view_params(
     global_batch: int, rows: tuple[int, int], src_size: int, out_size: int, cfg: AugmentConfig,
-    seed: int, epoch: int, step: int,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Parameters of both views for rows ``[lo, hi)`` of a global batch.
+    seed: int, epoch: int, step: int, small_crops: int = 0,
+) -> tuple[dict[str, Tensor], ...]:
+    """Parameters of both views (and of ``small_crops`` small crops, from ``cfg.small_scale``) for rows
+    ``[lo, hi)`` of a global batch.
 
     Drawn for the WHOLE global batch from :func:`batch_generator` of (seed, epoch, step), all of view 0, then
-    all of view 1, and then sliced: a process holding rows ``[lo, hi)`` gets exactly those rows of the
-    single-process parameters, whatever the number of processes. The in-memory path (:func:`simclr_views`) and the
-    streaming path (:class:`simclr.stream.StepDataset`) both draw here.
+    all of view 1, then each small crop, and then sliced: a process holding rows ``[lo, hi)`` gets exactly those
+    rows of the single-process parameters, whatever the number of processes. The two views do not depend on
+    ``small_crops`` (they are drawn first). The in-memory path (:func:`simclr_views`) and the streaming path
+    (:class:`simclr.stream.StepDataset`) both draw here.
     """
     lo, hi = rows
     g = batch_generator(seed, epoch, step)
-    p0, p1 = ({k: v[lo:hi] for k, v in sample_params(global_batch, src_size, out_size, cfg, g).items()} for _ in range(2))
-    return p0, p1
+    small_cfg = replace(cfg, scale=cfg.small_scale) if small_crops else cfg
+    return tuple({k: v[lo:hi] for k, v in sample_params(global_batch, src_size, out_size, c, g).items()}
+                 for c in [cfg, cfg] + [small_cfg] * small_crops)
 
 
 def eval_transform(images: Tensor, out_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -29,13 +29,21 @@ def step_rows(order: torch.Tensor, step: int, batch_size: int, rows: tuple[int, 
     return order[step * batch_size : (step + 1) * batch_size][lo:hi]
 
 
+def small_crop_size(cfg: Config, view_size: int) -> int:
+    """Side (px) of the multi-crop small crops while the views are ``view_size`` px; 0 without multi-crop."""
+    a = cfg.augment
+    return max(4, round(a.small_size * view_size / cfg.model.image_size)) if a.small_crops else 0
+
+
 def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt: Dist,
-                   size: Callable[[], int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Two views per image of each global batch from device-resident uint8 ``images`` [N,3,S,S], steps ``start...``.
+                   size: Callable[[], int] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Two views per image of each global batch from device-resident uint8 ``images`` [N,3,S,S], steps ``start...``,
+    then ``augment.small_crops`` small crops (multi-crop) when configured.
 
     Each process takes its ``batch_size / world_size`` rows of every global batch; the data order and the
     augmentation parameters depend only on (seed, epoch, step), so the views do not depend on the process count.
     ``size``: asked before each batch for the side of its views (progressive resizing); default model.image_size.
+    The small crops keep their ratio to the views: ``augment.small_size`` at model.image_size, half that at half.
     """
     B = cfg.train.batch_size
     rows = process_rows(B, rt)
@@ -45,5 +53,5 @@ def device_batches(images: torch.Tensor, cfg: Config, epoch: int, start: int, rt
         with torch.no_grad():
             out = size() if size is not None else cfg.model.image_size
             views = augment.simclr_views(images[idx], cfg.augment, out, cfg.train.seed, epoch, it,
-                                         global_batch=B, offset=rows[0])
+                                         global_batch=B, offset=rows[0], small_size=small_crop_size(cfg, out))
         yield views  # outside no_grad: a suspended generator would leave grad mode off for the caller

@@ -44,7 +44,7 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--seed", type=int, help="the one seed behind data order, splits and augmentation")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--batch-size", type=int, help="global batch size")
-    g.add_argument("--precision", help="auto | bf16 | fp32 | fp64 (float64 pretraining, for numerical checks)")
+    g.add_argument("--precision", help="auto (from the hardware: bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA) | fp64 (numerical checks)")
     g.add_argument("--strict", action="store_true", default=None, help="unreadable image files are an error, not a warning")
     g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the seed notebook project's 8,000/42,000 split)")
     if training:
@@ -198,13 +198,22 @@ def _eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_results(results: dict[str, dict]) -> None:
+    from .stats import describe_bootstrap, format_metric
+
+    intervals = None  # how the intervals were made: named once, after the figures
     for protocol, m in results.items():
         if "accuracy" in m:
-            print(f"{protocol}: test accuracy {m['accuracy']:.4f}, F1 (weighted) {m['f1_weighted']:.4f}, "
-                  f"F1 (macro) {m['f1_macro']:.4f} on {m['n_test']} test images")
+            print(f"{protocol}: test accuracy {format_metric(m)}, F1 (weighted) {format_metric(m, 'f1_weighted')}, "
+                  f"F1 (macro) {format_metric(m, 'f1_macro')} on {m['n_test']} test images")
+            if "note" in (m.get("seed_runs") or {}):
+                print(f"{protocol}: {m['seed_runs']['note']}")
+            if m.get("bootstrap"):
+                intervals = describe_bootstrap(m["bootstrap"], m["n_test"])
         else:
             for method, points in m.items():
                 print(f"{method}: " + ", ".join(f"{n} labels {a:.4f}" for n, a in points))
+    if intervals:
+        print(f"{intervals}; ± over seeds: sample standard deviation")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -214,6 +223,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate_run(args.run, args.protocol or cfg.eval.protocols, cfg=cfg, labels=_labels(args.labels),
                            out_dir=args.out, log=_log)
     _print_results(results)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate.compare import compare_runs, format_comparison
+
+    result = compare_runs(args.run_a, args.run_b, args.protocol, args.resamples, args.seed, out=args.out)
+    print(format_comparison(result))
+    if args.out:
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -286,7 +305,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
-    from .neighbors import neighbors_for_files
+    from .evaluate import neighbors_for_files
 
     over = _eval_overrides(args)
     data = over.pop("data.name", None)
@@ -351,7 +370,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help=labels_help)
     _common(p, training=False)
     p.add_argument("--epochs", dest="head_epochs", type=int, help="epochs of the trained heads (mlp, linear, finetune)")
+    p.add_argument("--seeds", type=int, help="repeat the trained heads (linear, mlp, finetune) with this many seeds on "
+                   "the same frozen features: mean ± standard deviation beside the bootstrap interval (if omitted: "
+                   "eval.seeds, 1); knn has no seed")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="is A better than B? paired difference on the same test images, McNemar's test",
+                       description="Pair the stored test predictions of two evaluated runs image by image: A - B in "
+                       "accuracy and F1 with a paired bootstrap interval, and McNemar's p-value (exact binomial for "
+                       "few discordant images). Runs tested on different images are refused (exit 2).",
+                       epilog=EXIT_CODES_HELP, formatter_class=_Formatter)
+    p.add_argument("run_a", metavar="RUN_A", help="run directory (RUN/eval/<protocol>/) or eval folder")
+    p.add_argument("run_b", metavar="RUN_B", help="run directory or eval folder")
+    p.add_argument("--protocol", default="knn", help="knn | linear | mlp | finetune")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the test images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    p.add_argument("--out", help="also write the result as JSON to this file")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("supervised", help="supervised baselines: ImageNet features, or ResNet trained from scratch",
                        description="ImageNet-pretrained ResNet as a frozen feature extractor (--weights imagenet, or a local "

@@ -19,10 +19,10 @@ import yaml
 
 from .budget import parse_duration
 from .errors import ConfigError
+from .precision import PRECISIONS
 from .rundir import atomic_write_bytes
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
-PRECISIONS = ("auto", "bf16", "fp32", "fp64")
 STEMS = ("auto", "cifar", "imagenet")
 SPLITS = ("standard", "seed")
 SCHEDULES = ("cosine", "constant")
@@ -72,6 +72,12 @@ class AugmentConfig:
     gray_p: float = 0.2  # probability of converting to grayscale
     blur_p: float = 0.0  # probability of Gaussian blur (0.5 for ImageNet-sized images)
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma range, px of the output image
+    # multi-crop (Caron et al. 2020, SwAV): besides the two global views, small_crops crops of small_size px (at
+    # model.image_size; scaled with the views under progressive resizing) from small_scale of the source area.
+    # Each is a positive of both global views (simclr.loss.multicrop_nt_xent).
+    small_crops: int = 0
+    small_size: int = 16
+    small_scale: tuple[float, float] = (0.05, 0.4)
     mean: tuple[float, float, float] = CIFAR_MEAN
     std: tuple[float, float, float] = CIFAR_STD
 
@@ -113,7 +119,7 @@ class TrainConfig:
     low_res_fraction: float = 0.75
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto: bf16 autocast where it is faster (CPU, recent GPUs) | bf16 | fp32 | fp64 (numerical checks)
+    precision: str = "auto"  # auto: from the hardware (simclr.precision: bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA) | fp64 (numerical checks)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (costs a minute of compile time)
     reuse_memory: bool = True  # CPU (glibc): keep freed memory for the next step (runtime.reuse_freed_memory)
@@ -147,6 +153,8 @@ class EvalConfig:
     knn_t: float = 0.1
     batch_size: int = 256
     tsne_points: int = 2000
+    seeds: int = 1  # trained heads (linear, mlp, finetune) repeated with seeds train.seed, +1, ...: mean ± std
+    bootstrap: int = 1000  # resamples of the test images behind each 95 % interval (simclr.stats)
     imagenet_weights: str = "imagenet"  # supervised baseline weights: imagenet | none | path
 
 
@@ -179,6 +187,7 @@ FLAG_KEYS = {
     "image_size": "model.image_size",
     "optimizer": "optim.name",
     "lr": "optim.lr",
+    "seeds": "eval.seeds",
 }
 
 
@@ -385,6 +394,7 @@ def validate(cfg: Config) -> None:
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"augment.{key}: invalid value {v}; a probability in [0, 1]")
     _positive("augment.jitter_strength", cfg.augment.jitter_strength, 0, strict=False)
+    _check_multicrop(cfg)
     if any(s <= 0 for s in cfg.augment.std):
         raise ConfigError(f"augment.std: invalid value {cfg.augment.std}; every entry must be > 0")
     _positive("eval.mlp_epochs", cfg.eval.mlp_epochs, 0, strict=False)
@@ -393,8 +403,29 @@ def validate(cfg: Config) -> None:
     _positive("eval.patience", cfg.eval.patience)
     _positive("eval.knn_k", cfg.eval.knn_k)
     _positive("eval.batch_size", cfg.eval.batch_size, 1, strict=False)
+    _positive("eval.seeds", cfg.eval.seeds)
+    _positive("eval.bootstrap", cfg.eval.bootstrap)
     if cfg.eval.labels is not None and any(n < 1 for n in cfg.eval.labels):
         raise ConfigError(f"eval.labels: invalid value {cfg.eval.labels}; label counts must be >= 1")
+
+
+def _check_multicrop(cfg: Config) -> None:
+    a = cfg.augment
+    if isinstance(a.small_crops, int) and a.small_crops < 0:
+        raise ConfigError(f"augment.small_crops: invalid value {a.small_crops}; the number of small crops per image "
+                          "besides the two global views, >= 0 (0: off; 2-6 is usual)")
+    if not a.small_crops:
+        return
+    if not 4 <= a.small_size < cfg.model.image_size:
+        raise ConfigError(f"augment.small_size: invalid value {a.small_size}; a small crop's side must be between 4 and "
+                          f"model.image_size - 1 ({cfg.model.image_size - 1}) px, below the global views'; lower it "
+                          "or set augment.small_crops: 0")
+    lo, hi = a.small_scale
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"augment.small_scale: invalid value {a.small_scale}; need 0 < min <= max <= 1")
+    if cfg.data.stream:
+        raise ConfigError("augment.small_crops: multi-crop needs the images in memory (the streaming workers make two "
+                          "views only); set data.stream: false or augment.small_crops: 0")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -12,12 +12,15 @@ all 2 * world * N anchors, i.e. exactly the single-process loss on the global ba
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["all_gather_with_grad", "nt_xent"]
+__all__ = ["all_gather_with_grad", "multicrop_nt_xent", "nt_xent"]
 
 
 def _world_size() -> int:
@@ -148,3 +151,67 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = Tru
 
         # cross_entropy = logsumexp(row) - logit[positive], mean over the 2N local anchors.
         return F.cross_entropy(logits, pos_idx)
+
+
+def multicrop_nt_xent(views: Sequence[Tensor], temperature: float = 0.5, n_global: int = 2, gather: bool = True) -> Tensor:
+    """NT-Xent over several views per image: SimCLR's loss with multi-crop (Caron et al. 2020, SwAV, section 3.2).
+
+    ``views[:n_global]`` are the global views, the rest small crops. The positive pairs of an image are every
+    ordered pair of two of its views of which at least one is global: global-global, global-small and
+    small-global, but not small-small. Two small crops (a fifth of the source each, or less) often share no pixel,
+    so asking them to agree teaches noise; each of them shares content with a global view, which is the
+    correspondence SwAV and DINO (Caron et al. 2021) train with. Every view of every other image in the global
+    batch is a negative, and so are the same image's views that are not the anchor's positive.
+
+    For anchor a and positive p: ``l(a, p) = -log(exp(s_ap / T) / sum_{k != a} exp(s_ak / T))``, the sum over
+    all V * N views of the global batch but a itself (cosine similarities s); the result is the mean of l over
+    this process's positive pairs (all processes hold the same number, so DDP's gradient averaging gives the
+    gradient of the mean over the global batch, as for :func:`nt_xent`). With two views this is
+    :func:`nt_xent` itself, which it calls.
+
+    Args:
+        views: V >= 2 tensors [N, D], row i of each the same image.
+        temperature: softmax temperature T > 0.
+        n_global: how many of ``views`` come first as global views (2 for SimCLR).
+        gather: use negatives from all processes when distributed (one collective for all views).
+
+    Returns:
+        Scalar tensor (float32, or float64 for float64 inputs).
+    """
+    if len(views) < 2 or not 1 <= n_global <= len(views):
+        raise ValueError(f"multicrop_nt_xent needs >= 2 views and 1 <= n_global <= views, got {len(views)}, {n_global}")
+    if len(views) == 2 and n_global == 2:
+        return nt_xent(views[0], views[1], temperature, gather)
+    shape = views[0].shape
+    if len(shape) != 2 or shape[0] == 0 or any(v.shape != shape for v in views):
+        raise ValueError(f"multicrop_nt_xent expects views of one shape [N, D], N >= 1, got {[tuple(v.shape) for v in views]}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    v, (n, d) = len(views), shape
+    dtype = torch.promote_types(functools.reduce(torch.promote_types, [x.dtype for x in views]), torch.float32)
+    with torch.autocast(device_type=views[0].device.type, enabled=False):  # as in nt_xent: no bf16 similarities
+        z = [F.normalize(x.to(dtype), dim=1) for x in views]
+        world = _world_size() if gather else 1
+        if world > 1:
+            every = all_gather_with_grad(torch.cat(z, dim=1))  # [world * N, V * D]: one collective
+            keys = torch.cat([every[:, j * d : (j + 1) * d] for j in range(v)])  # [V * world * N, D], view-major
+            offset = dist.get_rank() * n
+        else:
+            keys, offset = torch.cat(z), 0
+        total = world * n
+        anchors = torch.cat(z)  # [V * N, D]: view j of local image i at row j * N + i
+        logits = anchors @ keys.T / temperature  # [V * N, V * world * N]
+        i = torch.arange(n, device=logits.device)
+        view = torch.arange(v, device=logits.device)
+        self_col = (view.view(-1, 1) * total + offset + i).reshape(-1)  # each anchor's own column
+        logits = logits.scatter(1, self_col.view(-1, 1), float("-inf"))
+        lse = torch.logsumexp(logits, dim=1).view(v, n)
+        # columns of the same image's views: [V * N, V] -> the logits [V, N, V] (anchor view, image, other view)
+        same = (view.view(1, -1) * total + (offset + i).view(-1, 1)).repeat(v, 1)
+        same_logits = logits.gather(1, same).view(v, n, v)
+        is_global = view < n_global
+        pos = (view.view(-1, 1) != view.view(1, -1)) & (is_global.view(-1, 1) | is_global.view(1, -1))  # [V, V]
+        pos_logits = torch.where(pos.view(v, 1, v), same_logits, 0.0)  # the anchor's own -inf column is never kept
+        pairs = pos.sum(dim=1).to(dtype)  # positives per anchor view
+        total_loss = (pairs.view(v, 1) * lse).sum() - pos_logits.sum()
+        return total_loss / (pairs.sum() * n)

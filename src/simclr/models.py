@@ -38,15 +38,21 @@ class ProjectionHead(nn.Module):
 
 
 class SimCLR(nn.Module):
-    """Encoder f and projection head g: ``x [B,3,H,W] -> (h = f(x) [B, F], z = g(h) [B, proj_dim])``."""
+    """Encoder f and projection head g: ``x [B,3,H,W] -> (h = f(x) [B, F], z = g(h) [B, proj_dim])``.
+
+    ``x`` may also be a list of batches of different sizes (multi-crop: the global views, then the small crops):
+    the encoder runs once per batch (its BatchNorm sees one resolution at a time) and the head once on all their
+    features, concatenated in order, as in SwAV's and DINO's multi-crop wrappers. One module call, so DDP sees
+    one forward per step.
+    """
 
     def __init__(self, backbone: Backbone, head: ProjectionHead):
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.backbone(x)
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x) if isinstance(x, torch.Tensor) else torch.cat([self.backbone(b) for b in x])
         return h, self.head(h)
 
 

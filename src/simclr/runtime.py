@@ -77,18 +77,6 @@ def _use_cuda(dev: torch.device) -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 autocast on CPU (2.6x fp32 with channels_last on a 2-core Zen 4, benchmarks/RESULTS.md) and on
-    CUDA GPUs that support it; else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cpu":
-        return "bf16"
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
-
-
 # glibc's mallopt parameters (malloc.h) and their defaults
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
@@ -156,10 +144,11 @@ def use_deterministic() -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """``nullcontext()`` for fp32 and fp64, else a bf16 autocast context for the device type."""
+    """``nullcontext()`` for fp32 and fp64, else a bf16 or fp16 autocast context for the device type (the choice
+    between them: :mod:`simclr.precision`)."""
     if precision in ("fp32", "fp64"):
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:

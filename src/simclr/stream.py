@@ -25,7 +25,7 @@ from torch import Tensor
 from . import augment
 from .batches import epoch_permutation, process_rows, step_rows
 from .config import AugmentConfig, Config
-from .data import _read_image as read_image  # the decoder of load_split: the same pixels on both paths
+from .data import read_image  # the decoder of load_split: the same pixels on both paths
 from .errors import DataError
 from .runtime import Dist
 

@@ -19,12 +19,14 @@ from .batches import device_batches
 from .budget import MEASURE_STEPS, BudgetClock, BudgetPlan, low_res_speedup, parse_duration
 from .checkpoint import atomic_save, config_differences, load_checkpoint, save_weights
 from .config import Config, TrainConfig, save_config, to_dict
-from .data import ImageData, to_device_checked
+from .data import ImageData
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate.knn import knn_accuracy
-from .loss import nt_xent
+from .hardware import to_device_checked
+from .loss import multicrop_nt_xent, nt_xent
 from .models import SimCLR, build_model, convert_sync_batchnorm
 from .optim import Schedule, build_optimizer, warmup_steps
+from .precision import PRECISIONS, Precision, check_explicit, choose_precision
 from .runlock import lock_for_training
 from .runtime import (
     Dist,
@@ -34,7 +36,6 @@ from .runtime import (
     configure_device,
     init_distributed,
     local_main_first,
-    resolve_precision,
     seed_everything,
 )
 from .splits import StreamedImages, pretraining_sets, preview_images
@@ -73,6 +74,7 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log:
     rt = init_distributed(cfg.train.device)
     lock = None
     try:
+        check_explicit(cfg.train.precision, rt.device)  # before any work: fp16 on a CPU is refused
         lock = lock_for_training(cfg.out, rt)  # one writer per run directory
         return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None), backbone)
     finally:
@@ -85,7 +87,6 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log:
 def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log, backbone: nn.Module | None = None) -> Path:
     started = time.perf_counter()
     device, B, run_dir = rt.device, cfg.train.batch_size, Path(cfg.out)
-    precision = resolve_precision(cfg.train.precision, device)
     configure_device(device, cfg.train.reuse_memory, cfg.train.deterministic)
     if B % rt.world_size:
         raise ConfigError(f"train.batch_size: {B} is not divisible by the {rt.world_size} processes; use a multiple of {rt.world_size}")
@@ -99,10 +100,14 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
         raise ConfigError(f"train.batch_size: {B} is larger than the {len(pre)} pretraining images; use a batch size <= {len(pre)}")
     # Streaming (data.stream): the files are decoded and cropped by DataLoader workers each step (simclr.stream).
     images = to_device_checked(pre.images, device) if isinstance(pre, ImageData) else None
+
+    model, net, optimizer, state, scaler = _build(cfg, rt, saved, log, backbone)
+    choice = _choose_precision(cfg.train, model, cfg.model.image_size, rt, log)
+    precision = choice.name
+    if scaler is None and precision == "fp16":  # loss scaling: fp16 gradients would otherwise underflow
+        scaler = torch.amp.GradScaler(device.type)
     log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
         + (f", {rt.world_size} processes" if rt.distributed else ""))
-
-    model, net, optimizer, state = _build(cfg, rt, saved, precision, log, backbone)
     plan = budget_plan(cfg, state, steps_per_epoch, log)
     schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs, plan=plan)
     clock = None
@@ -121,7 +126,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
         if rt.is_main:
             state.wall_time += time.perf_counter() - since[0]
             since[0] = time.perf_counter()
-            if not save_checkpoint(run_dir / rundir.CHECKPOINT, model, optimizer, state, cfg):
+            if not save_checkpoint(run_dir / rundir.CHECKPOINT, model, optimizer, state, cfg, scaler):
                 log(f"warning: weights are not finite at global step {state.global_step}; kept the previous checkpoint")
         barrier()
 
@@ -135,7 +140,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
         else:
             batches = device_batches(images, cfg, state.epoch, state.step_in_epoch, rt, size=view_size)
         train_one_epoch(net, optimizer, schedule, batches, steps_per_epoch, cfg, state, rt, precision, on_checkpoint=checkpoint,
-                        log=log, clock=clock)
+                        log=log, clock=clock, scaler=scaler)
         line = _epoch_line(state, optimizer, (state.step_in_epoch - first_step) * B)
         if bank is not None and _knn_due(line["epoch"], cfg.train, finished(line["epoch"])):
             t0 = time.perf_counter()
@@ -159,7 +164,7 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
             _record_epoch(run_dir, state.history, _epochs_label(cfg, plan, steps_per_epoch), writer, log)
 
     if rt.is_main:
-        finish_run(run_dir, unwrap(net), cfg, state, precision)
+        finish_run(run_dir, unwrap(net), cfg, state, choice)
         if writer is not None:
             writer.close()
     barrier()
@@ -185,27 +190,45 @@ def _saved_run(run_dir: Path, cfg: Config, resume: bool) -> dict | None:
     return saved
 
 
-def _build(cfg: Config, rt: Dist, saved: dict | None, precision: str, log: Log, backbone: nn.Module | None = None):
-    """(model, the module to train (DDP / compiled wrapper), optimizer, state), restored from ``saved``."""
+def _build(cfg: Config, rt: Dist, saved: dict | None, log: Log, backbone: nn.Module | None = None):
+    """(model, the module to train (DDP / compiled wrapper), optimizer, state, fp16 loss scaler or None), restored
+    from ``saved``."""
     device, B = rt.device, cfg.train.batch_size
-    model = build_model(cfg.model, backbone).to(device, torch.float64 if precision == "fp64" else torch.float32)
+    model = build_model(cfg.model, backbone).to(device, torch.float64 if cfg.train.precision == "fp64" else torch.float32)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and rt.distributed:
         model = convert_sync_batchnorm(model, device, cfg.train.sync_bn_impl)
     optimizer = build_optimizer(cfg.optim, model, B)
-    state = TrainState()
+    state, scaler = TrainState(), None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = TrainState(**saved["state"])
+        if saved.get("scaler"):  # an fp16 run: its loss scale goes on where it was
+            scaler = torch.amp.GradScaler(device.type)
+            scaler.load_state_dict(saved["scaler"])
         log(f"resumed from {Path(cfg.out) / rundir.CHECKPOINT} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
     net: nn.Module = model
     if rt.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
         net = torch.compile(net)
-    return model, net, optimizer, state
+    return model, net, optimizer, state, scaler
+
+
+def _choose_precision(tc: TrainConfig, model: nn.Module, image_size: int, rt: Dist, log: Log) -> Precision:
+    """``train.precision`` for this hardware (:func:`simclr.precision.choose_precision`, probing ``model`` where the
+    hardware does not tell); under torchrun every process takes rank 0's choice, since a probe on each could differ
+    and the processes must run the same arithmetic."""
+    choice = choose_precision(tc.precision, rt.device, model, image_size, tc.channels_last, log)
+    if rt.distributed:
+        index = torch.tensor([PRECISIONS.index(choice.name)], device=rt.device)
+        dist.broadcast(index, 0)
+        if PRECISIONS[int(index)] != choice.name:
+            choice.reason = f"rank 0's choice (this process's: {choice.name}, {choice.reason})"
+            choice.name = PRECISIONS[int(index)]
+    return choice
 
 
 def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log: Log) -> BudgetPlan | None:
@@ -353,6 +376,7 @@ def train_one_epoch(
     on_checkpoint=None,
     log: Log = print,
     clock: BudgetClock | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Train on ``batches`` (pairs of views [b,3,H,W], this process's rows) for steps ``state.step_in_epoch..steps``.
 
@@ -360,7 +384,8 @@ def train_one_epoch(
     taken at any step boundary resumes exactly. The loss is read from the device every :func:`sync_interval` steps,
     before each checkpoint and at the end of the epoch; a non-finite loss stops training there (the error names the
     first bad step; its weights are never checkpointed), or is skipped before its update with
-    ``train.skip_nonfinite``. With a budget ``clock`` the epoch also ends where the budget's plan ends.
+    ``train.skip_nonfinite``. With a budget ``clock`` the epoch also ends where the budget's plan ends. An fp16 run
+    passes its loss ``scaler``.
     """
     tc = cfg.train
     device = next(model.parameters()).device
@@ -376,15 +401,20 @@ def train_one_epoch(
         if bad is not None:
             raise _nonfinite_error("non-finite (nan or inf)", state, bad, lr, cfg, precision)
 
-    for it, (v0, v1) in zip(range(state.step_in_epoch, steps), batches):
+    for it, (v0, v1, *small) in zip(range(state.step_in_epoch, steps), batches):
         lr = schedule(state.global_step)
-        loss = simclr_loss(model, v0, v1, device, precision, tc.channels_last, tc.temperature)
+        loss = simclr_loss(model, v0, v1, device, precision, tc.channels_last, tc.temperature, small)
         optimizer.zero_grad(set_to_none=True)
         if every == 1 and not _finite_on_every_rank(loss, rt):  # read before the update: a bad step can be skipped
             state.nonfinite_skipped += 1
             if state.nonfinite_skipped > tc.skip_nonfinite:
                 raise _nonfinite_error(loss.item(), state, state.global_step + 1, lr, cfg, precision)
             log(f"warning: non-finite loss at global step {state.global_step + 1} skipped ({state.nonfinite_skipped}/{tc.skip_nonfinite})")
+        elif scaler is not None:  # fp16: scaled backward; a step with inf/nan gradients is skipped by the scaler
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            tally.add(loss.detach(), state.global_step + 1)
         else:
             loss.backward()
             optimizer.step()
@@ -409,19 +439,24 @@ def train_one_epoch(
 
 
 def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: torch.device, precision: str,
-                channels_last: bool, temperature: float) -> torch.Tensor:
+                channels_last: bool, temperature: float, small: list[torch.Tensor] | tuple = ()) -> torch.Tensor:
     """NT-Xent of one step, not yet read from the device: both views [b,3,H,W] in one forward [2b,3,H,W] (BatchNorm
     sees both views, as in the paper), under ``precision`` autocast; the projections and the loss in fp32 (fp64 with
-    ``precision="fp64"``, where the model runs in float64)."""
-    views = torch.cat([v0, v1])
-    if precision == "fp64":
-        views = views.double()
-    if channels_last:
-        views = views.contiguous(memory_format=torch.channels_last)
+    ``precision="fp64"``, where the model runs in float64). With multi-crop, the ``small`` crops [b,3,h,h] go through
+    the encoder in a second batch of the same module call and into :func:`~simclr.loss.multicrop_nt_xent`."""
+
+    def prepared(x: torch.Tensor) -> torch.Tensor:
+        x = x.double() if precision == "fp64" else x
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    views = prepared(torch.cat([v0, v1]))
     with autocast(device, precision):
-        _, z = model(views)
-    z0, z1 = z.to(torch.promote_types(z.dtype, torch.float32)).chunk(2)
-    return nt_xent(z0, z1, temperature)
+        _, z = model(views if not small else [views, prepared(torch.cat(list(small)))])
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    if not small:
+        z0, z1 = z.chunk(2)
+        return nt_xent(z0, z1, temperature)
+    return multicrop_nt_xent(z.chunk(2 + len(small)), temperature)
 
 
 def sync_interval(tc: TrainConfig, device: torch.device) -> int:
@@ -535,7 +570,8 @@ class Progress:
 # ----------------------------------------------------------------------------- checkpoints and exports
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config) -> bool:
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config,
+                    scaler: torch.amp.GradScaler | None = None) -> bool:
     """Write the checkpoint atomically; weights that are no longer finite are never written over a good one."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         return False
@@ -546,6 +582,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             "optimizer": optimizer.state_dict(),
             "state": {k: v for k, v in state.__dict__.items()},
             "config": to_dict(cfg),
+            "scaler": scaler.state_dict() if scaler is not None else None,
         },
         path,
     )
@@ -557,8 +594,8 @@ def unwrap(model: nn.Module) -> SimCLR:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
-def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, precision: str) -> None:
-    """Exports (safetensors), plots and ``run.json`` for a finished run."""
+def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, precision: Precision) -> None:
+    """Exports (safetensors), plots and ``run.json`` for a finished run (``precision``: the run's choice and why)."""
     from . import plots
 
     meta = {"config": json.dumps(to_dict(cfg)), "format": "simclr-1"}
@@ -578,15 +615,20 @@ def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, pre
         "proj_dim": cfg.model.proj_dim,
         "epochs": len(hist) if state.budget else cfg.train.epochs,
         "optimizer": cfg.optim.name,
-        "precision": precision,
+        "precision": precision.name,
+        "precision_choice": precision.to_dict(),  # requested, reason, hardware, probe figures
         "wall_time_s": state.wall_time,
         "data": cfg.data.name,
         "finished": True,
     }
     if state.budget:  # the plan of a budgeted run beside what it took
-        info["budget"] = {**state.budget, "steps": state.global_step}
+        info["budget"] = {**state.budget, "steps": state.global_step, "hardware": precision.hardware}
     if cfg.train.low_res_size:
         low_steps = state.global_step if state.full_res_from is None else state.full_res_from  # never switched: all
         info["low_res"] = {"size": cfg.train.low_res_size, "steps": low_steps,
                            "full_size": cfg.model.image_size, "full_size_steps": state.global_step - low_steps}
+    if cfg.augment.small_crops:  # multi-crop: what each image contributed per step
+        a = cfg.augment
+        info["multicrop"] = {"small_crops": a.small_crops, "small_size": a.small_size, "small_scale": list(a.small_scale),
+                             "views_per_image": 2 + a.small_crops}
     rundir.write_run_json(run_dir, info)

@@ -15,7 +15,8 @@ Every protocol selects its model on the labeled validation split, never on the t
 Modules: :mod:`.features` (frozen features), :mod:`.knn`, :mod:`.heads` (linear / MLP heads and the keep-the-best
 loop), :mod:`.finetune`, :mod:`.protocols` (the registry and a protocol's result), :mod:`.outputs` (metrics.json,
 predictions, plots), :mod:`.runner` (evaluate an encoder or a run), :mod:`.encoder` (a run's encoder),
-:mod:`.embed` (``simclr embed``). The names below are the package's interface.
+:mod:`.embed` (``simclr embed``), :mod:`.neighbors` (nearest neighbours in feature space and their picture,
+``simclr neighbors``). The names below are the package's interface.
 """
 
 from ..rundir import LABEL_EFFICIENCY, read_label_efficiency
@@ -26,6 +27,7 @@ from .features import extract_features
 from .finetune import FINETUNE_SCALE, FINETUNE_WEIGHT_DECAY, Classifier, finetune
 from .heads import LINEAR_BATCH_SIZE, MLP_BATCH_SIZE, FeatureHead, HeadResult, fit_keep_best, train_head
 from .knn import knn_accuracy, knn_predict
+from .neighbors import neighbors_for_files, write_eval_neighbors
 from .outputs import classification_metrics, write_outputs
 from .protocols import (
     PROTOCOL_REGISTRY,
@@ -42,6 +44,6 @@ __all__ = [
     "PROTOCOL_REGISTRY", "Classifier", "EvalContext", "EvalData", "FeatureHead", "HeadResult", "ProtocolResult",
     "balanced_order", "classification_metrics", "embed", "encoder_from_run", "evaluate_encoder", "evaluate_run",
     "extract_features", "finetune", "fit_keep_best", "knn_accuracy", "knn_predict", "label_budget", "load_encoder",
-    "load_eval_data", "parse_protocols", "read_label_efficiency", "run_config", "run_protocol", "train_head",
-    "write_outputs",
+    "load_eval_data", "neighbors_for_files", "parse_protocols", "read_label_efficiency", "run_config", "run_protocol",
+    "train_head", "write_eval_neighbors", "write_outputs",
 ]

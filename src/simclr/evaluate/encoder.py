@@ -78,9 +78,10 @@ def run_config(run_dir: str | Path, config: str | None = None, overrides: dict |
 def encoder_for_data(run_dir: str | Path, data: str, overrides: dict | None = None, backbone: nn.Module | None = None):
     """(config, device, precision, frozen encoder) of a run, its config pointed at another ``data`` source: what
     ``simclr embed`` and ``simclr neighbors`` compute features with."""
-    from ..runtime import resolve_device, resolve_precision
+    from ..precision import choose_precision
+    from ..runtime import resolve_device
 
     cfg = run_config(run_dir, None, {**(overrides or {}), "data.name": data})
     device = resolve_device(cfg.train.device)
-    return cfg, device, resolve_precision(cfg.train.precision, device), encoder_from_run(Path(run_dir).expanduser(), cfg,
-                                                                                         device, backbone)
+    encoder = encoder_from_run(Path(run_dir).expanduser(), cfg, device, backbone)
+    return cfg, device, choose_precision(cfg.train.precision, device, encoder, encoder.image_size).name, encoder

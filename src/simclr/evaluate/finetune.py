@@ -48,19 +48,22 @@ def finetune(
     device: torch.device,
     precision: str,
     log: Log | None = None,
+    seed: int | None = None,
 ) -> HeadResult:
     """Fine-tune a copy of ``encoder`` with a new linear layer on labeled images (the input encoder is untouched).
 
     Random resized crops (area ``FINETUNE_SCALE``) and flips drawn per sample, Nesterov SGD (lr
     ``eval.finetune_lr``, momentum 0.9, weight decay 5e-4 except on BN and biases), cosine schedule over
     ``eval.finetune_epochs``, batch ``eval.batch_size``; BatchNorm in train mode, as in fine-tuning in
-    Chen et al. 2020. The epoch with the best validation accuracy is kept.
+    Chen et al. 2020. The epoch with the best validation accuracy is kept. ``seed`` (default ``train.seed``)
+    seeds the new layer, the batch order and the crops.
     """
+    seed = cfg.train.seed if seed is None else seed
     if len(val) == 0:
         raise ConfigError("finetune: the validation split is empty; model selection needs data.n_val > 0")
     model = Classifier(copy.deepcopy(encoder), num_classes)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(seed)
         model.fc.reset_parameters()
     model.requires_grad_(True).to(device).to(memory_format=torch.channels_last)
     aug = dataclasses.replace(cfg.augment, scale=FINETUNE_SCALE, hflip=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0,
@@ -76,7 +79,8 @@ def finetune(
                        weight_decay=FINETUNE_WEIGHT_DECAY, warmup_epochs=0.0, schedule="cosine")
     opt = build_optimizer(ocfg, model, bs)
     sched = Schedule(opt, ocfg, bs, steps, max(epochs, 1))
-    seed = cfg.train.seed
+    # fp16 (CUDA 7.x) needs loss scaling, or small gradients underflow to zero; a disabled scaler is a pass-through
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def train_epoch(epoch: int) -> tuple[float, float]:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed_for(seed, epoch))).to(device)
@@ -92,8 +96,9 @@ def finetune(
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), labels[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             loss_sum += loss.detach() * len(idx)  # read once per epoch, not per step (no device sync)
             correct += (logits.detach().argmax(1) == labels[idx]).sum()
             seen += len(idx)

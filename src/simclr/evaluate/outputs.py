@@ -3,6 +3,11 @@
 ``RUN/eval/<protocol>/`` holds ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``, ``curves.png``
 (trained heads), ``tsne_train.png``, ``tsne_test.png`` and the trained weights (``head.safetensors``, or
 ``model.safetensors`` for fine-tuning).
+
+Every test figure of metrics.json has its 95 % bootstrap interval under ``intervals`` (how it was made:
+``bootstrap``; :mod:`simclr.stats`), and with ``eval.seeds`` > 1 a trained head's per-seed rows, mean and standard
+deviation under ``seed_runs``. ``predictions.csv`` keeps every test image's true and predicted class, so that
+``simclr compare`` can pair two runs image by image (:func:`read_predictions`).
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import stats
 from ..checkpoint import save_weights
 from ..rundir import write_json
+from ..splits import EvalData
 from .protocols import PROTOCOL_REGISTRY, EvalContext, ProtocolResult
+
+PREDICTION_COLUMNS = ("index", "true", "predicted", "true_class", "predicted_class")  # then "path" for folders
 
 
 def classification_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
@@ -51,12 +60,24 @@ def classification_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[
     }
 
 
+def scores_on_test(data: EvalData, res: ProtocolResult) -> dict:
+    """The headline figures of one fitted protocol: test accuracy and F1s, validation accuracy, epochs."""
+    m = classification_metrics(data.test.labels.numpy(), res.pred.numpy(), data.classes)
+    return {**{k: m[k] for k in stats.METRICS}, "val_accuracy": res.val_accuracy, "head_epochs": res.head_epochs,
+            "best_epoch": res.best_epoch}
+
+
+def intervals_on_test(data: EvalData, res: ProtocolResult, resamples: int, seed: int) -> dict[str, list[float]]:
+    """95 % bootstrap intervals of :data:`simclr.stats.METRICS` on the test images (:func:`simclr.stats.bootstrap_interval`)."""
+    return stats.bootstrap_interval(data.test.labels.numpy(), res.pred.numpy(), resamples, seed, len(data.classes))
+
+
 def write_outputs(ctx: EvalContext, out_dir: Path, protocol: str, res: ProtocolResult, method: str, wall: float,
-                  tsne_cache: dict) -> dict:
+                  tsne_cache: dict, seed_runs: dict | None = None) -> dict:
     """metrics.json, predictions.csv, plots and weights of one protocol in ``out_dir``; returns the metrics.
 
     ``tsne_cache`` maps a t-SNE picture's content to the file that already shows it, shared between the protocols
-    of one encoder (see :func:`_write_tsne`).
+    of one encoder (see :func:`_write_tsne`). ``seed_runs``: the repeats over ``eval.seeds`` (stored as is).
     """
     from .. import plots  # matplotlib: only when there is something to draw
 
@@ -65,6 +86,10 @@ def write_outputs(ctx: EvalContext, out_dir: Path, protocol: str, res: ProtocolR
     names = list(data.classes)
     metrics = {"protocol": protocol, "method": method}
     metrics.update(classification_metrics(data.test.labels.numpy(), res.pred.numpy(), data.classes))
+    metrics["intervals"] = intervals_on_test(data, res, cfg.eval.bootstrap, cfg.train.seed)
+    metrics["bootstrap"] = stats.bootstrap_settings(cfg.eval.bootstrap, cfg.train.seed)
+    if seed_runs is not None:
+        metrics["seed_runs"] = seed_runs
     metrics.update({
         "val_accuracy": res.val_accuracy,
         "n_train": res.n_train,
@@ -80,6 +105,7 @@ def write_outputs(ctx: EvalContext, out_dir: Path, protocol: str, res: ProtocolR
         "precision": ctx.precision,
         "seed": cfg.train.seed,
         "data": cfg.data.name,
+        "data_limit": cfg.data.limit,  # with "data" and the labels in predictions.csv: which test images these are
     })
     write_json(out_dir / "metrics.json", metrics)
     _write_predictions(out_dir / "predictions.csv", data.test.labels.tolist(), res.pred.tolist(), names, data.test.paths)
@@ -101,9 +127,18 @@ def _write_predictions(path: Path, y_true: list[int], y_pred: list[int], names: 
 
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["index", "true", "predicted", "true_class", "predicted_class"] + (["path"] if paths else []))
+        w.writerow(list(PREDICTION_COLUMNS) + (["path"] if paths else []))
         for i, (t, p) in enumerate(zip(y_true, y_pred)):
             w.writerow([i, t, p, name(t), name(p)] + ([paths[i]] if paths else []))
+
+
+def read_predictions(path: str | Path) -> dict[str, np.ndarray | list[str] | None]:
+    """A ``predictions.csv`` back: ``{"true": [N] int64, "predicted": [N] int64, "path": [N] str or None}``."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {"true": np.array([int(r["true"]) for r in rows], dtype=np.int64),
+            "predicted": np.array([int(r["predicted"]) for r in rows], dtype=np.int64),
+            "path": [r["path"] for r in rows] if rows and "path" in rows[0] else None}
 
 
 def _write_tsne(ctx: EvalContext, out_dir: Path, res: ProtocolResult, method: str, frozen: bool, tsne_cache: dict) -> None:

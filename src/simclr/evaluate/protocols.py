@@ -83,7 +83,8 @@ class EvalContext:
         return self.feats
 
 
-def _knn(ctx: EvalContext, idx: torch.Tensor) -> ProtocolResult:
+def _knn(ctx: EvalContext, idx: torch.Tensor, seed: int) -> ProtocolResult:
+    del seed  # deterministic given the features: nothing to seed
     feats, ev = ctx.features(), ctx.cfg.eval
     x_train, y_train, y_val = feats.train[idx], ctx.data.train.labels[idx], ctx.data.val.labels
     C = ctx.data.num_classes
@@ -99,32 +100,32 @@ def _head_result(n: int, pred: torch.Tensor, res: HeadResult, **features: torch.
     return ProtocolResult(n, pred, res.val_accuracy, res.history, res.model, res.epochs_run, res.best_epoch, **features)
 
 
-def _feature_head(ctx: EvalContext, idx: torch.Tensor, name: str, **settings) -> ProtocolResult:
+def _feature_head(ctx: EvalContext, idx: torch.Tensor, seed: int, name: str, **settings) -> ProtocolResult:
     feats = ctx.features()
     x_train = feats.train[idx]
     res = train_head(x_train, ctx.data.train.labels[idx], feats.val, ctx.data.val.labels, ctx.data.num_classes,
-                     seed=ctx.cfg.train.seed, log=ctx.log, name=name, device=ctx.device, **settings)
+                     seed=seed, log=ctx.log, name=name, device=ctx.device, **settings)
     with torch.no_grad():
         pred = res.model(feats.test).argmax(1)
     return _head_result(len(idx), pred, res, train_features=x_train, test_features=feats.test)
 
 
-def _linear(ctx: EvalContext, idx: torch.Tensor) -> ProtocolResult:
+def _linear(ctx: EvalContext, idx: torch.Tensor, seed: int) -> ProtocolResult:
     ev = ctx.cfg.eval
-    return _feature_head(ctx, idx, "linear", hidden=(), epochs=ev.linear_epochs, lr=ev.linear_lr,
+    return _feature_head(ctx, idx, seed, "linear", hidden=(), epochs=ev.linear_epochs, lr=ev.linear_lr,
                          batch_size=LINEAR_BATCH_SIZE, schedule="cosine", select="val_acc", patience=None)
 
 
-def _mlp(ctx: EvalContext, idx: torch.Tensor) -> ProtocolResult:
+def _mlp(ctx: EvalContext, idx: torch.Tensor, seed: int) -> ProtocolResult:
     ev = ctx.cfg.eval
-    return _feature_head(ctx, idx, "mlp", hidden=ev.mlp_hidden, epochs=ev.mlp_epochs, lr=ev.mlp_lr,
+    return _feature_head(ctx, idx, seed, "mlp", hidden=ev.mlp_hidden, epochs=ev.mlp_epochs, lr=ev.mlp_lr,
                          batch_size=MLP_BATCH_SIZE, schedule="constant", select="val_loss", patience=ev.patience)
 
 
-def _finetune(ctx: EvalContext, idx: torch.Tensor) -> ProtocolResult:
+def _finetune(ctx: EvalContext, idx: torch.Tensor, seed: int) -> ProtocolResult:
     data, ev = ctx.data, ctx.cfg.eval
     res = finetune(ctx.encoder, data.train.subset(idx), data.val, data.num_classes, ctx.cfg, ctx.image_size,
-                   ctx.mean, ctx.std, ctx.device, ctx.precision, ctx.log)
+                   ctx.mean, ctx.std, ctx.device, ctx.precision, ctx.log, seed=seed)
     pred = ctx.extract(res.model, data.test.images).argmax(1)
     # features only for the t-SNE plots (the first tsne_points of the training images are enough)
     train_features = ctx.extract(res.model.encoder, data.train.images[idx[: max(ev.tsne_points, 0)]])
@@ -136,14 +137,16 @@ def _finetune(ctx: EvalContext, idx: torch.Tensor) -> ProtocolResult:
 class Protocol:
     """A registry entry: how to run the protocol, the settings it reports, its default label budget."""
 
-    run: Callable[[EvalContext, torch.Tensor], ProtocolResult]  # (context, indices into the balanced order)
+    run: Callable[[EvalContext, torch.Tensor, int], ProtocolResult]  # (context, indices into the balanced order, seed)
     settings: Callable[[EvalConfig], dict]  # what metrics.json records under "settings"
     all_labels: bool  # default budget: every labeled image (True) or data.n_train_labels (False)
     frozen: bool = True  # trains on frozen features (False: fine-tunes a copy of the encoder)
+    seeded: bool = True  # the seed changes the result (initialisation, batch order), so eval.seeds repeats it
 
 
 PROTOCOL_REGISTRY: dict[str, Protocol] = {
-    "knn": Protocol(_knn, lambda ev: {"k": ev.knn_k, "temperature": ev.knn_t, "similarity": "cosine"}, True),
+    "knn": Protocol(_knn, lambda ev: {"k": ev.knn_k, "temperature": ev.knn_t, "similarity": "cosine"}, True,
+                    seeded=False),
     "linear": Protocol(_linear, lambda ev: {
         "optimizer": "adam", "lr": ev.linear_lr, "schedule": "cosine", "epochs": ev.linear_epochs,
         "batch_size": LINEAR_BATCH_SIZE, "selection": "best validation accuracy", "standardised": True}, True),
@@ -160,11 +163,14 @@ PROTOCOL_REGISTRY: dict[str, Protocol] = {
 assert tuple(PROTOCOL_REGISTRY) == PROTOCOLS, "config.PROTOCOLS and PROTOCOL_REGISTRY disagree"
 
 
-def run_protocol(ctx: EvalContext, protocol: str, n_labels: int) -> ProtocolResult:
-    """Train / fit ``protocol`` on the first ``n_labels`` images of the balanced order."""
+def run_protocol(ctx: EvalContext, protocol: str, n_labels: int, seed: int | None = None) -> ProtocolResult:
+    """Train / fit ``protocol`` on the first ``n_labels`` images of the balanced order.
+
+    ``seed`` seeds a trained head (default ``train.seed``); the labeled images stay the same for every seed.
+    """
     if protocol not in PROTOCOL_REGISTRY:
         raise ConfigError(f"--protocol {protocol!r}: unknown protocol; allowed values: {', '.join(PROTOCOL_REGISTRY)}")
-    return PROTOCOL_REGISTRY[protocol].run(ctx, ctx.order[:n_labels])
+    return PROTOCOL_REGISTRY[protocol].run(ctx, ctx.order[:n_labels], ctx.cfg.train.seed if seed is None else seed)
 
 
 def parse_protocols(protocols: str | Sequence[str]) -> list[str]:

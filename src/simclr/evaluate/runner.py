@@ -7,9 +7,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import stats
 from ..config import Config
 from ..models import Backbone
-from ..neighbors import write_eval_neighbors
+from ..precision import choose_precision
 from ..rundir import (
     EVAL,
     LABEL_EFFICIENCY,
@@ -18,11 +19,22 @@ from ..rundir import (
     read_run_json,
     write_label_efficiency,
 )
-from ..runtime import Log, configure_device, resolve_device, resolve_precision
+from ..runtime import Log, configure_device, resolve_device
 from ..splits import EvalData, balanced_order, load_eval_data
 from .encoder import encoder_from_run, run_config
-from .outputs import classification_metrics, write_outputs
-from .protocols import EvalContext, label_budget, parse_protocols, run_protocol
+from .neighbors import write_eval_neighbors
+from .outputs import intervals_on_test, scores_on_test, write_outputs
+from .protocols import (
+    PROTOCOL_REGISTRY,
+    EvalContext,
+    ProtocolResult,
+    label_budget,
+    parse_protocols,
+    run_protocol,
+)
+
+# metrics.json's seed_runs for a protocol without a seed when eval.seeds > 1
+UNSEEDED_NOTE = "{protocol} has no seed: the same frozen features give the same predictions, so it ran once"
 
 
 def evaluate_encoder(
@@ -54,16 +66,18 @@ def evaluate_encoder(
         strict_labels: a label count above the available labeled images is an error (True) or means all (False).
 
     Returns:
-        ``{protocol: metrics}``; for a sweep ``{"label_efficiency": {"<protocol>": [[n, accuracy], ...]}}``.
+        ``{protocol: metrics}`` (with 95 % intervals, and ``seed_runs`` when ``eval.seeds`` > 1: see
+        :mod:`simclr.evaluate.outputs`); for a sweep ``{"label_efficiency": {"<protocol>": [[n, accuracy], ...]}}``.
     """
     protocols = parse_protocols(protocols)
     out_dir = Path(out_dir)
     method = method or cfg.name
     device = resolve_device(cfg.train.device)
     configure_device(device, cfg.train.reuse_memory)
-    precision = resolve_precision(cfg.train.precision, device)
     data = data if data is not None else load_eval_data(cfg, log)
     encoder = encoder.to(device)
+    precision = choose_precision(cfg.train.precision, device, encoder, getattr(encoder, "image_size", cfg.model.image_size),
+                                 log=log).name
     ctx = EvalContext(encoder, cfg, data, balanced_order(data.train.labels, cfg.train.seed), device, precision,
                    getattr(encoder, "image_size", cfg.model.image_size), tuple(getattr(encoder, "mean", cfg.augment.mean)),
                    tuple(getattr(encoder, "std", cfg.augment.std)), log)
@@ -84,12 +98,33 @@ def evaluate_encoder(
         log(f"[{method}] {protocol}: {n} labeled training images, {len(data.val)} validation, {len(data.test)} test")
         res = run_protocol(ctx, protocol, n)
         wall = time.perf_counter() - t0
-        metrics = write_outputs(ctx, out_dir / protocol, protocol, res, method, wall, tsne_cache)
+        seed_runs = _seed_runs(ctx, protocol, n, res, wall, method)
+        metrics = write_outputs(ctx, out_dir / protocol, protocol, res, method, wall, tsne_cache, seed_runs)
         results[protocol] = metrics
-        log(f"[{method}] {protocol}: test accuracy {metrics['accuracy']:.4f}, F1 (weighted) {metrics['f1_weighted']:.4f}"
-            f" ({time.perf_counter() - t0:.1f} s) -> {out_dir / protocol}")
+        log(f"[{method}] {protocol}: test accuracy {stats.format_metric(metrics)}, F1 (weighted) "
+            f"{stats.format_metric(metrics, 'f1_weighted')} ({time.perf_counter() - t0:.1f} s) -> {out_dir / protocol}")
     write_eval_neighbors(ctx.features().train, ctx.features().test, data, out_dir / "neighbors", method, device)
     return results
+
+
+def _seed_runs(ctx: EvalContext, protocol: str, n: int, first: ProtocolResult, wall: float, method: str) -> dict | None:
+    """``eval.seeds`` > 1: the protocol again with seeds ``train.seed + 1, ...`` on the same features and labeled
+    images -> :func:`simclr.stats.seed_summary` (``first`` is the ``train.seed`` run); None for one seed."""
+    seeds = ctx.cfg.eval.seeds
+    if seeds == 1:
+        return None
+    if not PROTOCOL_REGISTRY[protocol].seeded:
+        note = UNSEEDED_NOTE.format(protocol=protocol)
+        ctx.log(f"[{method}] {protocol}: eval.seeds={seeds}, but {note}")
+        return {"note": note}
+    base = ctx.cfg.train.seed
+    rows = [{"seed": base, **scores_on_test(ctx.data, first), "wall_time_s": wall}]
+    for seed in range(base + 1, base + seeds):
+        t0 = time.perf_counter()
+        res = run_protocol(ctx, protocol, n, seed)
+        rows.append({"seed": seed, **scores_on_test(ctx.data, res), "wall_time_s": time.perf_counter() - t0})
+        ctx.log(f"[{method}] {protocol} with seed {seed}: test accuracy {stats.format_interval(rows[-1]['accuracy'])}")
+    return stats.seed_summary(rows)
 
 
 def _sweep(ctx: EvalContext, protocols: list[str], labels: list[int | None], out_dir: Path, method: str) -> dict:
@@ -110,13 +145,14 @@ def _sweep(ctx: EvalContext, protocols: list[str], labels: list[int | None], out
         for n in counts:
             t0 = time.perf_counter()
             res = run_protocol(ctx, protocol, n)
-            m = classification_metrics(ctx.data.test.labels.numpy(), res.pred.numpy(), ctx.data.classes)
-            acc = m["accuracy"]
-            points.append([n, acc])
-            details.append({"method": method, "protocol": protocol, "n_labels": n, "accuracy": acc,
-                            "f1_weighted": m["f1_weighted"], "f1_macro": m["f1_macro"], "val_accuracy": res.val_accuracy,
-                            "head_epochs": res.head_epochs, "wall_time_s": time.perf_counter() - t0})
-            ctx.log(f"[{method}] {protocol} with {n} labels: test accuracy {acc:.4f}")
+            scores = scores_on_test(ctx.data, res)
+            intervals = intervals_on_test(ctx.data, res, ctx.cfg.eval.bootstrap, ctx.cfg.train.seed)
+            points.append([n, scores["accuracy"]])
+            details.append({"method": method, "protocol": protocol, "n_labels": n, **scores, "intervals": intervals,
+                            "bootstrap": stats.bootstrap_settings(ctx.cfg.eval.bootstrap, ctx.cfg.train.seed),
+                            "wall_time_s": time.perf_counter() - t0})
+            ctx.log(f"[{method}] {protocol} with {n} labels: test accuracy "
+                    f"{stats.format_interval(scores['accuracy'], intervals['accuracy'])}")
         curves[key] = points
     write_label_efficiency(json_path, curves)
     with open(details_path, "a") as fh:

@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError, DataError
-from .rundir import atomic_write_bytes
+from ..data import decode_files, load_split
+from ..errors import ConfigError, DataError
+from ..rundir import atomic_write_bytes
+from .encoder import encoder_for_data
+from .features import extract_features
 
 N_QUERIES = 10
 K = 8
@@ -109,7 +112,7 @@ def write_eval_neighbors(train_features: Tensor, test_features: Tensor, data, ou
     Returns:
         The PNG written, or None when there are no test or training images.
     """
-    from . import plots
+    from .. import plots  # matplotlib: only when there is something to draw
 
     if len(test_features) == 0 or len(train_features) == 0:
         return None
@@ -159,10 +162,7 @@ def neighbors_for_files(run_dir: str | Path, data: str, queries: Sequence[str], 
     Returns:
         The PNG written.
     """
-    from . import plots
-    from .data import decode_files, load_split
-    from .evaluate import extract_features
-    from .evaluate.encoder import encoder_for_data
+    from .. import plots  # matplotlib: only when there is something to draw
 
     out = Path(out)
     if out.suffix.lower() != ".png":
