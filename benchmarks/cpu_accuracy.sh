@@ -98,6 +98,7 @@ QROWS=(
   "q6m_lars|--optimizer lars --lr 1.2"
   "q6m_warm0|--set optim.warmup_epochs=0.01"
   "q6m_seed1|--seed 1"
+  "q6m_mc4_seed1|--set augment.small_crops=4 --seed 1"
 )
 ablate() {  # name
   local row

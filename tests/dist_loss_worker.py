@@ -37,7 +37,7 @@ def main() -> None:
     store, inputs_path, out_dir = sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=30))
+                            timeout=timedelta(seconds=120))
     inp = torch.load(inputs_path, weights_only=True)
     t = float(inp["temperature"])
     n = inp["z0"].shape[0] // world

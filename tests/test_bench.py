@@ -11,7 +11,7 @@ from simclr.bench import PipelineError, format_table, run_pipeline
 from simclr.cli import main
 from simclr.precision import auto_precision, capability
 
-TINY = ["--device", "cpu", "--batch-size", "8", "--image-size", "16", "--steps", "1", "--warmup", "1",
+TINY = ["--device", "cpu", "--batch-size", "8", "--image-size", "8", "--steps", "1", "--warmup", "1",
         "--aug-images", "16", "--epoch-images", "16", "--workers", "0", "--set", "model.proj_hidden=[16]",
         "--set", "model.proj_dim=8"]
 MEASUREMENT_KEYS = {"images_per_s", "seconds", "images", "steps", "step_ms", "peak_memory_mb", "memory_method"}

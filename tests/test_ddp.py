@@ -31,7 +31,7 @@ from simclr.train import pretrain
 ENTRY = Path(__file__).with_name("ddp_entry.py")
 # 36 generated images (3 classes x 12) in one global batch of 36: an epoch is exactly one step, 18 images a process.
 COMMON = {
-    "model.image_size": 16, "model.proj_hidden": [32], "model.proj_dim": 16, "train.batch_size": 36, "train.epochs": 1,
+    "model.image_size": 8, "model.proj_hidden": [32], "model.proj_dim": 16, "train.batch_size": 36, "train.epochs": 1,
     "train.knn_every": 0, "train.channels_last": False, "optim.name": "sgd", "optim.lr": 0.1, "optim.warmup_epochs": 0,
     "optim.weight_decay": 0.0, "train.progress": False, "train.preview": False, "data.n_val": 6, "train.knn_k": 5,
 }

@@ -33,9 +33,9 @@ def test_gpu_script_runs_every_stage_on_cpu(tmp_path):
         "CHECK_ARGS": "--quick --batch-size 8 --image-size 8 --steps 1 --only api,deterministic,eval_on_device,memory",
         "SCRATCH": str(tmp_path / "scratch"),
         # --in-process: what the bench does on a GPU (the default there), and 40 s quicker here
-        "BENCH_ARGS": "--in-process --batch-size 8 --image-size 16 --steps 1 --warmup 1 --aug-images 16 --workers 0 "
+        "BENCH_ARGS": "--in-process --batch-size 8 --image-size 8 --steps 1 --warmup 1 --aug-images 16 --workers 0 "
                       "--set model.proj_hidden=[16] --set model.proj_dim=8",
-        "TRAIN_ARGS": "--batch-size 16 --image-size 16 --set model.proj_hidden=[16] --set model.proj_dim=8 "
+        "TRAIN_ARGS": "--batch-size 16 --image-size 8 --set model.proj_hidden=[16] --set model.proj_dim=8 "
                       "--set data.n_val=12 --set train.knn_k=5 --set eval.knn_k=5",
     }
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out), str(data)], env=env,

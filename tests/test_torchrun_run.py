@@ -15,7 +15,7 @@ import pytest
 from conftest import make_image_folder
 
 WORKER = Path(__file__).resolve().parent / "torchrun_worker.py"
-ARGS = ["run", "--out", "run", "--image-size", "16", "--batch-size", "12", "--epochs", "0", "--device", "cpu",
+ARGS = ["run", "--out", "run", "--image-size", "8", "--batch-size", "12", "--epochs", "0", "--device", "cpu",
         "--protocols", "knn,mlp", "--baselines", "random",
         "--set", "model.proj_hidden=[16]", "--set", "model.proj_dim=8", "--set", "data.n_val=6",
         "--set", "eval.knn_k=5", "--set", "eval.mlp_epochs=2", "--set", "eval.tsne_points=0",
