@@ -63,11 +63,11 @@ def main() -> None:
         return
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": platform.processor() or platform.machine(),
            "command": " ".join(["python benchmarks/cpu_step_drift.py"] + sys.argv[1:]), "batch_size": a.batch_size}
-    try:
-        out["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                          if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    import torch
+
+    from simclr.precision import device_name
+
+    out["cpu"] = device_name(torch.device("cpu"))
     for mode in ("keep", "flush"):
         cmd = [sys.executable, __file__, "--data", a.data, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
                "--child", mode]

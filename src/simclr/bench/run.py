@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 from collections.abc import Callable
 from dataclasses import asdict, replace
 
@@ -16,7 +15,7 @@ from torch import Tensor
 
 from ..config import Config
 from ..models import build_model
-from ..precision import choose_precision
+from ..precision import choose_precision, device_name
 from ..runtime import resolve_device
 from .options import PARTS, BenchOptions, epoch_images
 from .parts import bench_ablation, bench_augment, bench_epoch, bench_step_rounds
@@ -25,13 +24,7 @@ from .timing import Measurement
 
 def machine_info(device: torch.device) -> dict:
     """Where the numbers come from: CPU model, cores, load, accelerator, library versions, date (UTC)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
+    cpu = device_name(torch.device("cpu"))
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
