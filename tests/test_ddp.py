@@ -221,7 +221,7 @@ def test_budgeted_processes_follow_one_plan(tmp_path):
     folder = make_image_folder(tmp_path / "data")
     cfg_path = tmp_path / "cfg.yaml"
     save_config(load_config(None, {**COMMON, "data.name": str(folder), "out": str(tmp_path / "run"),
-                                   "train.budget": "16s", "train.low_res_size": 8}), cfg_path)
+                                   "train.budget": "16s", "model.image_size": 12, "train.low_res_size": 8}), cfg_path)
     _torchrun(cfg_path, tmp_path / "run", env={"SIMCLR_TEST_FAKE_CLOCK": "1.0"})
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     ck = load_checkpoint(tmp_path / "run" / "checkpoints/last.pt")
