@@ -36,15 +36,24 @@ COMMON = {
     "optim.weight_decay": 0.0, "train.progress": False, "train.preview": False, "data.n_val": 6, "train.knn_k": 5,
 }
 EXACT = 1e-4  # of the step, per tensor, in float64 (measured: ~1e-12)
+RESUME = {"train.sync_bn": True, "train.precision": "fp64", "optim.schedule": "constant", "train.epochs": 2}
 FLOAT32_FACTOR = 10  # 2 processes' float32 error may be this many times 1 process's worst (measured: 1-3x)
 
 
-def _torchrun(cfg_path, out, extra=(), env=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ENTRY), "pretrain",
-           "--config", str(cfg_path), "--out", str(out), *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+def _torchrun(jobs: list[dict], tmp: Path) -> dict[str, str]:
+    """Run ``jobs`` (``{"name", "argv", "env"}``, argv after ``simclr``) in ONE torchrun launch of 2 gloo processes;
+    returns each job's part of rank 0's log."""
+    path = tmp / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ENTRY), str(path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
+    parts = r.stdout.split("=== job ")[1:]
+    return {p.split("\n", 1)[0]: p for p in parts}
+
+
+def _job(name: str, cfg_path: Path, out: Path, *extra: str, **env: str) -> dict:
+    return {"name": name, "argv": ["pretrain", "--config", str(cfg_path), "--out", str(out), *extra], "env": env}
 
 
 def _pretrain_one_thread(cfg):
@@ -95,7 +104,8 @@ def _worst(d: dict[str, float]) -> tuple[str, float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Each run is a 1-step pretraining; ``init`` holds the weights before the step (a 0-epoch run)."""
+    """Each run is a 1-step pretraining; ``init`` holds the weights before the step (a 0-epoch run). The in-process
+    runs come first, then every 2-process run of this module in one torchrun launch."""
     from conftest import make_image_folder
 
     tmp = tmp_path_factory.mktemp("ddp")
@@ -107,7 +117,7 @@ def runs(tmp_path_factory):
         save_config(cfg, tmp / f"{name}.yaml")
         return cfg
 
-    out = {}
+    jobs, out = [], {"tmp": tmp}
     _pretrain_one_thread(config("init", **{"train.epochs": 0, "train.precision": "fp64"}))
     out["init"] = _exported_weights(tmp / "init")  # a 0-epoch run writes no checkpoint, only its exports
     for precision in ("fp64", "fp32"):
@@ -115,15 +125,30 @@ def runs(tmp_path_factory):
         out[f"one_{precision}"] = _steps(tmp / f"one_{precision}")
         out[f"one_{precision}_weights"] = _weights(tmp / f"one_{precision}")
         config(f"two_{precision}", **{"train.precision": precision, "train.sync_bn": True})
-        out[f"log_{precision}"] = _torchrun(tmp / f"two_{precision}.yaml", tmp / f"two_{precision}")
-        out[f"two_{precision}"] = _steps(tmp / f"two_{precision}")
-        out[f"two_{precision}_weights"] = _weights(tmp / f"two_{precision}")
+        jobs.append(_job(f"two_{precision}", tmp / f"two_{precision}.yaml", tmp / f"two_{precision}"))
     config("two_local_gather", **{"train.precision": "fp64", "train.sync_bn": True})
-    _torchrun(tmp / "two_local_gather.yaml", tmp / "two_local_gather", env={"SIMCLR_TEST_LOCAL_GATHER": "1"})
-    out["two_local_gather"] = _steps(tmp / "two_local_gather")
+    jobs.append(_job("two_local_gather", tmp / "two_local_gather.yaml", tmp / "two_local_gather", SIMCLR_TEST_LOCAL_GATHER="1"))
     config("two_no_sync_bn", **{"train.precision": "fp64", "train.sync_bn": False})
-    _torchrun(tmp / "two_no_sync_bn.yaml", tmp / "two_no_sync_bn")
-    out["two_no_sync_bn"] = _steps(tmp / "two_no_sync_bn")
+    jobs.append(_job("two_no_sync_bn", tmp / "two_no_sync_bn.yaml", tmp / "two_no_sync_bn"))
+    # test_resume_under_torchrun_with_other_process_count: epoch 1 here, epoch 2 under torchrun
+    over = {**base, **RESUME}
+    _pretrain_one_thread(load_config(None, {**over, "out": str(tmp / "straight")}))
+    _pretrain_one_thread(load_config(None, {**over, "out": str(tmp / "resumed"), "train.epochs": 1}))
+    out["resumed_epoch_one"] = _steps(tmp / "resumed")
+    out["repeated"] = _one_more_step_on_epoch_one(over, tmp)
+    save_config(load_config(None, {**over, "out": str(tmp / "resumed")}), tmp / "resumed.yaml")
+    jobs.append(_job("resumed", tmp / "resumed.yaml", tmp / "resumed", "--resume"))
+    # test_budgeted_processes_follow_one_plan
+    config("budget", **{"train.budget": "16s", "model.image_size": 12, "train.low_res_size": 8})
+    jobs.append(_job("budget", tmp / "budget.yaml", tmp / "budget", SIMCLR_TEST_FAKE_CLOCK="1.0"))
+
+    logs = _torchrun(jobs, tmp)
+    assert set(logs) == {j["name"] for j in jobs}, sorted(logs)
+    out["log_fp64"] = logs["two_fp64"]
+    for name in ("two_fp64", "two_fp32", "two_local_gather", "two_no_sync_bn"):
+        out[name] = _steps(tmp / name)
+    for precision in ("fp64", "fp32"):
+        out[f"two_{precision}_weights"] = _weights(tmp / f"two_{precision}")
     return out
 
 
@@ -138,7 +163,7 @@ def test_one_step_in_two_processes_equals_one_process(runs):
     stats = relative_to_step(one_w, two_w, init, [k for k in one_w if "running" in k])
     name, worst = _worst(stats)
     assert worst < EXACT, f"{name}: running statistic differs by {worst:.3g} of its change"
-    log = runs["log_fp64"].stdout
+    log = runs["log_fp64"]
     assert "2 processes" in log  # rank 0 logs; the other rank stays quiet
     assert log.count("pretraining done") == 1
 
@@ -172,30 +197,21 @@ def test_float32_two_processes_as_accurate_as_one(runs):
     assert worst <= FLOAT32_FACTOR * scale, f"{name}: 2 processes {worst:.3g} vs 1 process {scale:.3g}"
 
 
-def test_resume_under_torchrun_with_other_process_count(tmp_path):
+def test_resume_under_torchrun_with_other_process_count(runs):
     """Epoch 1 (one step) in 1 process, then --resume under torchrun with 2 processes for epoch 2 (one step): the
     second step equals the 1-process run's second step to 1e-4 of that step. A skipped, repeated or reordered batch,
     or lost optimizer state, changes it by about the step itself (the control below)."""
-    from conftest import make_image_folder
-
-    folder = make_image_folder(tmp_path / "data")
-    over = {**COMMON, "data.name": str(folder), "train.sync_bn": True, "train.precision": "fp64",
-            "optim.schedule": "constant", "train.epochs": 2}
-    _pretrain_one_thread(load_config(None, {**over, "out": str(tmp_path / "straight")}))
-    _pretrain_one_thread(load_config(None, {**over, "out": str(tmp_path / "resumed"), "train.epochs": 1}))
-    momentum = load_config(None, over).optim.momentum
-    before = {k: momentum * v for k, v in _steps(tmp_path / "resumed").items()}  # the first step's share of the buffer
-    cfg_path = tmp_path / "cfg.yaml"
-    save_config(load_config(None, {**over, "out": str(tmp_path / "resumed")}), cfg_path)
-    _torchrun(cfg_path, tmp_path / "resumed", ["--resume"])
-    straight, resumed = (load_checkpoint(tmp_path / f"{r}/checkpoints/last.pt") for r in ("straight", "resumed"))
+    tmp = runs["tmp"]
+    momentum = load_config(None, {**COMMON, **RESUME}).optim.momentum
+    before = {k: momentum * v for k, v in runs["resumed_epoch_one"].items()}  # the first step's share of the buffer
+    straight, resumed = (load_checkpoint(tmp / f"{r}/checkpoints/last.pt") for r in ("straight", "resumed"))
     assert resumed["state"]["global_step"] == straight["state"]["global_step"] == 2
     assert [h["epoch"] for h in resumed["state"]["history"]] == [1, 2]
-    straight_steps = _steps(tmp_path / "straight")
-    name, worst = _worst(relative_to_step(straight_steps, _steps(tmp_path / "resumed"), before))
+    straight_steps = _steps(tmp / "straight")
+    name, worst = _worst(relative_to_step(straight_steps, _steps(tmp / "resumed"), before))
     assert worst < EXACT, f"{name}: the resumed step differs by {worst:.3g} of the step"
     # control: repeating epoch 1's batch instead (what a resume that lost its place would do) is far off
-    name, worst = _worst(relative_to_step(straight_steps, _one_more_step_on_epoch_one(over, tmp_path), before))
+    name, worst = _worst(relative_to_step(straight_steps, runs["repeated"], before))
     assert worst > 100 * EXACT, (name, worst)
 
 
@@ -212,18 +228,12 @@ def _one_more_step_on_epoch_one(over: dict, tmp) -> dict:
     return _steps(tmp / "repeated")
 
 
-def test_budgeted_processes_follow_one_plan(tmp_path):
+def test_budgeted_processes_follow_one_plan(runs):
     """Under --budget each process times its own steps; rank 1's clock runs 3x slower here, so plans of their own
     would stop it early and leave rank 0 waiting in a collective (a hang), and would switch resolution at other
     steps. Rank 0's plan is broadcast after every (re-)plan: both stop together, after the planned steps."""
-    from conftest import make_image_folder
-
-    folder = make_image_folder(tmp_path / "data")
-    cfg_path = tmp_path / "cfg.yaml"
-    save_config(load_config(None, {**COMMON, "data.name": str(folder), "out": str(tmp_path / "run"),
-                                   "train.budget": "16s", "model.image_size": 12, "train.low_res_size": 8}), cfg_path)
-    _torchrun(cfg_path, tmp_path / "run", env={"SIMCLR_TEST_FAKE_CLOCK": "1.0"})
-    info = json.loads((tmp_path / "run" / "run.json").read_text())
-    ck = load_checkpoint(tmp_path / "run" / "checkpoints/last.pt")
+    run = runs["tmp"] / "budget"
+    info = json.loads((run / "run.json").read_text())
+    ck = load_checkpoint(run / "checkpoints/last.pt")
     assert info["budget"]["steps"] == info["budget"]["total_steps"] == ck["state"]["global_step"] > 5
     assert 0 < info["low_res"]["steps"] < info["budget"]["steps"]

@@ -25,6 +25,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this call created the process group (one the caller made stays the caller's)
 
     @property
     def is_main(self) -> bool:
@@ -175,9 +176,10 @@ def init_distributed(device_name: str = "auto") -> Dist:
         return Dist(device=resolve_device(device_name))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank, torchrun=True)  # also the current CUDA device
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, owns_group=owns)
 
 
 def barrier() -> None:

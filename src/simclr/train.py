@@ -80,7 +80,7 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log:
     finally:
         if lock is not None:
             lock.release()
-        if rt.distributed:
+        if rt.owns_group:  # a group the caller made (several runs in one launch) stays theirs
             dist.destroy_process_group()
 
 
