@@ -26,7 +26,7 @@ def test_gpu_script_runs_every_stage_on_cpu(tmp_path):
         "EPOCHS": "2",
         "KNN_EVERY": "1",
         "BUDGET_S": "480",
-        "TTA_BUDGET": "8s",  # stage T (time to accuracy) for 8 s instead of 3 minutes
+        "TTA_BUDGET": "4s",  # stage T (time to accuracy) for 4 s instead of 3 minutes
         "BENCH_S": "120",
         "CHECKS_S": "150",
         # the checks that need no GPU (the others report SKIP); deterministic resume runs its 18 steps
@@ -59,7 +59,7 @@ def test_gpu_script_runs_every_stage_on_cpu(tmp_path):
     assert 0.0 <= p["knn_test"] <= 1.0
     assert "s/epoch" in (out / "summary.md").read_text()
     tta = summary["time_to_accuracy"]  # stage T: the budgeted run and its test kNN
-    assert tta["budget_s"] == 8 and tta["steps"] >= 5 and 0.0 <= tta["knn_test"] <= 1.0, tta
+    assert tta["budget_s"] == 4 and tta["steps"] >= 5 and 0.0 <= tta["knn_test"] <= 1.0, tta
 
 
 def test_gpu_script_without_data_stops_with_exit_code_3(tmp_path):

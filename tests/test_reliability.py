@@ -18,12 +18,12 @@ from simclr.errors import CheckpointError, NonFiniteLossError
 from simclr.models import ProjectionHead
 from simclr.train import pretrain
 
-TINY = ["--image-size", "16", "--batch-size", "12", "--set", "model.proj_hidden=[32]", "--set", "model.proj_dim=16",
+TINY = ["--image-size", "8", "--batch-size", "12", "--set", "model.proj_hidden=[32]", "--set", "model.proj_dim=16",
         "--set", "train.knn_k=5", "--set", "data.n_val=6", "--set", "train.preview=false"]
 
 
 def tiny_cfg(folder, out, **over):
-    base = {"data.name": str(folder), "out": str(out), "model.image_size": 16, "model.proj_hidden": [32], "model.proj_dim": 16,
+    base = {"data.name": str(folder), "out": str(out), "model.image_size": 8, "model.proj_hidden": [32], "model.proj_dim": 16,
             "train.batch_size": 12, "train.epochs": 2, "train.knn_every": 0, "train.knn_k": 5, "data.n_val": 6,
             "train.progress": False, "train.preview": False, "optim.warmup_epochs": 0}
     base.update(over)
@@ -268,8 +268,9 @@ def test_one_writer_per_run_directory_and_sigkill_releases_the_lock(tiny_folder,
     try:
         _wait_for(run / "checkpoints" / "last.pt", holder)
         before = (run / "metrics.jsonl").read_bytes()
-        for extra in (["--resume"], []):  # a second --resume, and a fresh start into the same --out
-            second = _cli([*args, "--epochs", "500", "--out", str(run), *extra])
+        # a second --resume, and a fresh start into the same --out (at once: each spends ~4 s importing torch)
+        seconds = [_cli([*args, "--epochs", "500", "--out", str(run), *extra]) for extra in (["--resume"], [])]
+        for second in seconds:
             out, err = second.communicate(timeout=120)
             assert second.returncode == 2, (second.returncode, err)
             assert str(run) in err and f"pid {holder.pid}" in err, err
