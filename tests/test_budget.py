@@ -101,6 +101,9 @@ def test_clock_plans_after_the_measured_steps_and_stops(monkeypatch):
     assert 15 < plan.images_per_s <= 20 and plan.replans > 3  # 10 images per 0.5-0.6 s
 
 
+SMALL = {"model.image_size": 8}  # where the size does not matter: a quarter of the 16 px step's work
+
+
 def tiny(folder, out, **over):
     base = {"data.name": str(folder), "out": str(out), "model.image_size": 16, "model.proj_hidden": [32], "model.proj_dim": 16,
             "train.batch_size": 12, "train.knn_every": 0, "train.knn_k": 5, "data.n_val": 6, "train.progress": False,
@@ -111,7 +114,7 @@ def tiny(folder, out, **over):
 
 def test_budgeted_run_stops_at_its_plan_and_records_it(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(budget_module, "time", FakeTime(2.0))  # 2-4 s per step whatever the machine: ~10 steps
-    run = pretrain(tiny(tiny_folder, tmp_path / "run", **{"train.budget": "30s", "train.epochs": 1}))
+    run = pretrain(tiny(tiny_folder, tmp_path / "run", **{"train.budget": "30s", "train.epochs": 1, **SMALL}))
     info = json.loads((run / "run.json").read_text())
     plan = info["budget"]
     assert plan["budget_s"] == 30 and plan["total_steps"] == plan["steps"] > 3  # stopped where the plan ends
@@ -126,7 +129,7 @@ def test_budgeted_run_stops_at_its_plan_and_records_it(tiny_folder, tmp_path, mo
 def test_budgeted_run_resumes_with_its_plan(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(budget_module, "time", FakeTime(2.0))
     out = tmp_path / "run"
-    cfg = tiny(tiny_folder, out, **{"train.budget": "40s", "train.checkpoint_every": 1})
+    cfg = tiny(tiny_folder, out, **{"train.budget": "40s", "train.checkpoint_every": 1, **SMALL})
     import simclr.train as train
 
     original = train.BudgetClock.after_step
@@ -142,7 +145,7 @@ def test_budgeted_run_resumes_with_its_plan(tiny_folder, tmp_path, monkeypatch):
     saved = load_checkpoint(out / "checkpoints/last.pt")["state"]["budget"]
     assert saved["total_steps"] > 0
     monkeypatch.setattr(train.BudgetClock, "after_step", original)
-    pretrain(tiny(tiny_folder, out, **{"train.checkpoint_every": 1}), resume=True)  # no --budget: the plan decides
+    pretrain(tiny(tiny_folder, out, **{"train.checkpoint_every": 1, **SMALL}), resume=True)  # no --budget: the plan decides
     info = json.loads((out / "run.json").read_text())
     assert info["budget"]["budget_s"] == 40 and info["budget"]["steps"] == info["budget"]["total_steps"]
     assert info["budget"]["replans"] > saved["replans"]  # the resumed process went on planning the same budget

@@ -39,8 +39,10 @@ def test_pretrain_writes_run_directory(tiny_folder, tmp_path):
 
 def test_loss_falls(tiny_folder, tmp_path):
     out = tmp_path / "run"
+    # 8 px: 8 s instead of 11 here; the 2-epoch means still fall by 0.36-0.50 (3 data seeds), the bound is 0.05
     pretrain(tiny_cfg(tiny_folder, out, **{"train.epochs": 8, "train.knn_every": 0, "optim.name": "adam", "optim.lr": 1e-3,
-                                            "optim.scale_lr": False, "augment.scale": [0.6, 1.0], "augment.jitter_p": 0.0}))
+                                            "optim.scale_lr": False, "augment.scale": [0.6, 1.0], "augment.jitter_p": 0.0,
+                                            "model.image_size": 8}))
     losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05, losses
 
@@ -66,7 +68,7 @@ def test_cli_and_python_m(tiny_folder, tmp_path, module):
     import sys
 
     out = tmp_path / "run"
-    args = ["pretrain", "--data", str(tiny_folder), "--out", str(out), "--image-size", "16", "--batch-size", "12", "--epochs", "1", "--set", "train.knn_every=0", "--set", "model.proj_hidden=[16]"]
+    args = ["pretrain", "--data", str(tiny_folder), "--out", str(out), "--image-size", "8", "--batch-size", "12", "--epochs", "1", "--set", "train.knn_every=0", "--set", "model.proj_hidden=[16]"]
     if module:
         r = subprocess.run([sys.executable, "-m", "simclr", *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
