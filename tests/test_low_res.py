@@ -65,7 +65,7 @@ def test_budgeted_run_trains_low_then_full_resolution(tiny_folder, tmp_path, mon
     fake = FakeTime(1.0)
     monkeypatch.setattr(budget_module, "time", fake)
     spy = _Spy(monkeypatch, fake, low=8)
-    over = {"train.budget": "80s", "train.low_res_size": 8, "train.low_res_fraction": 0.5}
+    over = {"train.budget": "40s", "train.low_res_size": 8, "train.low_res_fraction": 0.5}
     run = pretrain(tiny(tiny_folder, tmp_path / "run", **over))
     info = json.loads((run / "run.json").read_text())
     switch = info["low_res"]["steps"]

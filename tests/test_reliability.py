@@ -35,8 +35,8 @@ def _cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "simclr", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_sigkill_and_resume_equals_uninterrupted_run(tiny_folder, tmp_path):
-    args = ["pretrain", "--data", str(tiny_folder), "--precision", "fp32", "--epochs", "6", *TINY, "--set", "train.checkpoint_every=1"]
+def test_sigkill_and_resume_equals_uninterrupted_run(tiny_folder, tmp_path, capsys):
+    args = ["pretrain", "--data", str(tiny_folder), "--precision", "fp32", "--epochs", "4", *TINY, "--set", "train.checkpoint_every=1"]
     straight = _cli([*args, "--out", str(tmp_path / "straight")])
     killed = _cli([*args, "--out", str(tmp_path / "killed")])
     metrics = tmp_path / "killed" / "metrics.jsonl"
@@ -50,10 +50,9 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tiny_folder, tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
-    resumed = _cli([*args, "--out", str(tmp_path / "killed"), "--resume"])
-    out, err = resumed.communicate(timeout=180)
-    assert resumed.returncode == 0, err
-    assert "resumed from" in out
+    # in this process: the killed one's lock is the kernel's to release, and a fresh interpreter costs ~4 s
+    assert main([*args, "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
     straight.communicate(timeout=180)
     assert straight.returncode == 0
     a = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
@@ -61,7 +60,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tiny_folder, tmp_path):
     diff = max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"] if a["model"][k].is_floating_point())
     assert diff <= 1e-6, diff
     epochs = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
-    assert epochs == [1, 2, 3, 4, 5, 6]  # each epoch once
+    assert epochs == [1, 2, 3, 4]  # each epoch once
     lines_a = [json.loads(x) for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
     lines_b = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [x["loss"] for x in lines_a] == pytest.approx([x["loss"] for x in lines_b], abs=1e-6)
@@ -259,7 +258,7 @@ def _wait_for(path, proc, timeout=120):
     assert path.exists(), f"{path} did not appear"
 
 
-def test_one_writer_per_run_directory_and_sigkill_releases_the_lock(tiny_folder, tmp_path):
+def test_one_writer_per_run_directory_and_sigkill_releases_the_lock(tiny_folder, tmp_path, capsys):
     """A second process on a run directory in use exits 2 naming the directory and the holder's pid, and writes
     nothing; once the holder is SIGKILLed, the kernel has released the lock and --resume succeeds."""
     run = tmp_path / "run"
@@ -280,10 +279,8 @@ def test_one_writer_per_run_directory_and_sigkill_releases_the_lock(tiny_folder,
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     epoch = load_checkpoint(run / "checkpoints" / "last.pt")["state"]["epoch"]
-    resumed = _cli([*args, "--epochs", str(epoch + 1), "--out", str(run), "--resume"])
-    out, err = resumed.communicate(timeout=180)
-    assert resumed.returncode == 0, err
-    assert "resumed from" in out
+    assert main([*args, "--epochs", str(epoch + 1), "--out", str(run), "--resume"]) == 0  # in this process
+    assert "resumed from" in capsys.readouterr().out
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, epoch + 2))  # each epoch once
 
