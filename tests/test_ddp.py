@@ -17,6 +17,7 @@ then held to what float32 can promise: 2 processes are as close to the exact ste
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,16 +41,21 @@ RESUME = {"train.sync_bn": True, "train.precision": "fp64", "optim.schedule": "c
 FLOAT32_FACTOR = 10  # 2 processes' float32 error may be this many times 1 process's worst (measured: 1-3x)
 
 
-def _torchrun(jobs: list[dict], tmp: Path) -> dict[str, str]:
-    """Run ``jobs`` (``{"name", "argv", "env"}``, argv after ``simclr``) in ONE torchrun launch of 2 gloo processes;
-    returns each job's part of rank 0's log."""
+def _torchrun(jobs: list[dict], tmp: Path) -> subprocess.Popen:
+    """Start ``jobs`` (``{"name", "argv", "env"}``, argv after ``simclr``) in ONE torchrun launch of 2 gloo
+    processes; :func:`_logs` waits for it."""
     path = tmp / "jobs.json"
     path.write_text(json.dumps(jobs))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ENTRY), str(path)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    parts = r.stdout.split("=== job ")[1:]
-    return {p.split("\n", 1)[0]: p for p in parts}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _logs(launch: subprocess.Popen) -> dict[str, str]:
+    """Each job's part of rank 0's log, once the launch has ended well."""
+    out, err = launch.communicate(timeout=300)
+    assert launch.returncode == 0, out[-3000:] + err[-3000:]
+    return {p.split("\n", 1)[0]: p for p in out.split("=== job ")[1:]}
 
 
 def _job(name: str, cfg_path: Path, out: Path, *extra: str, **env: str) -> dict:
@@ -104,8 +110,8 @@ def _worst(d: dict[str, float]) -> tuple[str, float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Each run is a 1-step pretraining; ``init`` holds the weights before the step (a 0-epoch run). The in-process
-    runs come first, then every 2-process run of this module in one torchrun launch."""
+    """Each run is a 1-step pretraining; ``init`` holds the weights before the step (a 0-epoch run). Every 2-process
+    run of this module goes into one torchrun launch, and the 1-process runs go on while it runs."""
     from conftest import make_image_folder
 
     tmp = tmp_path_factory.mktemp("ddp")
@@ -118,12 +124,7 @@ def runs(tmp_path_factory):
         return cfg
 
     jobs, out = [], {"tmp": tmp}
-    _pretrain_one_thread(config("init", **{"train.epochs": 0, "train.precision": "fp64"}))
-    out["init"] = _exported_weights(tmp / "init")  # a 0-epoch run writes no checkpoint, only its exports
     for precision in ("fp64", "fp32"):
-        _pretrain_one_thread(config(f"one_{precision}", **{"train.precision": precision, "train.sync_bn": True}))
-        out[f"one_{precision}"] = _steps(tmp / f"one_{precision}")
-        out[f"one_{precision}_weights"] = _weights(tmp / f"one_{precision}")
         config(f"two_{precision}", **{"train.precision": precision, "train.sync_bn": True})
         jobs.append(_job(f"two_{precision}", tmp / f"two_{precision}.yaml", tmp / f"two_{precision}"))
     config("two_local_gather", **{"train.precision": "fp64", "train.sync_bn": True})
@@ -132,17 +133,28 @@ def runs(tmp_path_factory):
     jobs.append(_job("two_no_sync_bn", tmp / "two_no_sync_bn.yaml", tmp / "two_no_sync_bn"))
     # test_resume_under_torchrun_with_other_process_count: epoch 1 here, epoch 2 under torchrun
     over = {**base, **RESUME}
-    _pretrain_one_thread(load_config(None, {**over, "out": str(tmp / "straight")}))
     _pretrain_one_thread(load_config(None, {**over, "out": str(tmp / "resumed"), "train.epochs": 1}))
     out["resumed_epoch_one"] = _steps(tmp / "resumed")
-    out["repeated"] = _one_more_step_on_epoch_one(over, tmp)
     save_config(load_config(None, {**over, "out": str(tmp / "resumed")}), tmp / "resumed.yaml")
     jobs.append(_job("resumed", tmp / "resumed.yaml", tmp / "resumed", "--resume"))
     # test_budgeted_processes_follow_one_plan
     config("budget", **{"train.budget": "16s", "model.image_size": 12, "train.low_res_size": 8})
     jobs.append(_job("budget", tmp / "budget.yaml", tmp / "budget", SIMCLR_TEST_FAKE_CLOCK="1.0"))
+    launch = _torchrun(jobs, tmp)  # the 1-process runs below go on meanwhile (one thread each, like each rank)
 
-    logs = _torchrun(jobs, tmp)
+    try:
+        _pretrain_one_thread(config("init", **{"train.epochs": 0, "train.precision": "fp64"}))
+        out["init"] = _exported_weights(tmp / "init")  # a 0-epoch run writes no checkpoint, only its exports
+        for precision in ("fp64", "fp32"):
+            _pretrain_one_thread(config(f"one_{precision}", **{"train.precision": precision, "train.sync_bn": True}))
+            out[f"one_{precision}"] = _steps(tmp / f"one_{precision}")
+            out[f"one_{precision}_weights"] = _weights(tmp / f"one_{precision}")
+        _pretrain_one_thread(load_config(None, {**over, "out": str(tmp / "straight")}))
+        out["repeated"] = _one_more_step_on_epoch_one(over, tmp)
+    except BaseException:
+        os.killpg(launch.pid, signal.SIGKILL)  # torchrun and its workers: no orphans when a 1-process run fails
+        raise
+    logs = _logs(launch)
     assert set(logs) == {j["name"] for j in jobs}, sorted(logs)
     out["log_fp64"] = logs["two_fp64"]
     for name in ("two_fp64", "two_fp32", "two_local_gather", "two_no_sync_bn"):
