@@ -98,7 +98,7 @@ fi
 {
   date -u
   nvidia-smi 2>&1 | head -15
-  "$PYTHON" -c "import sys, torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'python', sys.version.split()[0], 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO GPU')"
+  "$PYTHON" -c "import sys, importlib.metadata as m, torch; print('torch', torch.__version__, 'torchvision', m.version('torchvision'), 'python', sys.version.split()[0], 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO GPU')"
   nproc; free -g | head -2
   echo "data: $DATA ($N_TRAIN train, $N_TEST test files)"
   git -C "$REPO" rev-parse HEAD 2>/dev/null
