@@ -9,6 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one core a worker, for the processes its tests start too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 os.environ.setdefault("SIMCLR_CACHE", str(Path(__file__).resolve().parent / ".." / ".pytest_cache" / "simclr-cache"))
 
 

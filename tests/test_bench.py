@@ -17,6 +17,7 @@ TINY = ["--device", "cpu", "--batch-size", "8", "--image-size", "8", "--steps", 
 MEASUREMENT_KEYS = {"images_per_s", "seconds", "images", "steps", "step_ms", "peak_memory_mb", "memory_method"}
 
 
+@pytest.mark.slow  # six pipeline processes: about 8 s
 def test_bench_json_has_every_part(capsys, tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--json", "--output", str(out), *TINY]) == 0

@@ -30,6 +30,7 @@ from simclr.config import load_config, save_config
 from simclr.train import pretrain
 
 ENTRY = Path(__file__).with_name("ddp_entry.py")
+pytestmark = pytest.mark.slow  # one torchrun launch and 6 one-process runs: about 40 s on 2 cores
 # 36 generated images (3 classes x 12) in one global batch of 36: an epoch is exactly one step, 18 images a process.
 COMMON = {
     "model.image_size": 8, "model.proj_hidden": [32], "model.proj_dim": 16, "train.batch_size": 36, "train.epochs": 1,

@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # gpu.sh runs 8 Python processes: about a minute on 2 cores (`make test-fast` skips it)
 
 
 def test_gpu_script_runs_every_stage_on_cpu(tmp_path):

@@ -31,10 +31,12 @@ def tiny_cfg(folder, out, **over):
 
 
 def _cli(args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    # as many threads as this process, which resumes some of these runs itself (the same kernels, the same sums)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "simclr", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # two training processes and a SIGKILL: about 20 s
 def test_sigkill_and_resume_equals_uninterrupted_run(tiny_folder, tmp_path, capsys):
     args = ["pretrain", "--data", str(tiny_folder), "--precision", "fp32", "--epochs", "4", *TINY, "--set", "train.checkpoint_every=1"]
     straight = _cli([*args, "--out", str(tmp_path / "straight")])
@@ -258,6 +260,7 @@ def _wait_for(path, proc, timeout=120):
     assert path.exists(), f"{path} did not appear"
 
 
+@pytest.mark.slow  # four processes: about 15 s
 def test_one_writer_per_run_directory_and_sigkill_releases_the_lock(tiny_folder, tmp_path, capsys):
     """A second process on a run directory in use exits 2 naming the directory and the holder's pid, and writes
     nothing; once the holder is SIGKILLed, the kernel has released the lock and --resume succeeds."""
@@ -285,6 +288,7 @@ def test_one_writer_per_run_directory_and_sigkill_releases_the_lock(tiny_folder,
     assert epochs == list(range(1, epoch + 2))  # each epoch once
 
 
+@pytest.mark.slow  # a torchrun launch: about 8 s
 def test_run_directory_lock_under_torchrun(tiny_folder, tmp_path):
     """Under torchrun rank 0 takes the lock; when it is held elsewhere every rank exits 2 (none hangs waiting)."""
     from simclr.runlock import RunLock
