@@ -45,8 +45,8 @@ def run_pipeline(fn: Callable, *args, isolate: bool = True):
     On the CPU a pipeline's speed depends on what ran before it in the same process: glibc serves large blocks
     from whatever free heap an earlier pipeline left (already faulted in) or maps them afresh, and no user's
     training run starts with another pipeline's heap. Each pipeline therefore runs in a process of its own
-    (nothing inherited but the arguments; see :func:`_fresh_process_context`), as a user's training run would. ``fn`` must be a module-level
-    function; its result comes back pickled. :func:`run_bench` does this on the CPU; on a GPU the pipelines share
+    (nothing inherited but the arguments; see :func:`_fresh_process_context`), as a user's training run would.
+    ``fn`` must be a module-level function; its result comes back pickled. :func:`run_bench` does this on the CPU; on a GPU the pipelines share
     the process, because CUDA's caching allocator holds the same blocks after the warm-up whatever ran before, and
     a fresh CUDA context per pipeline would cost seconds each.
 
