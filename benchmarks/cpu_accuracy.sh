@@ -85,7 +85,8 @@ ABLATION=(
 # Round 2 (issue 19): rows on top of the quickstart preset as it is today (recipe Q, the budget6m row), one
 # ingredient each; the names start with q6m_. Multi-crop: small crops of augment.small_size px at 32 px views (half
 # that while the views are 16 px); crop scale (Q's lower bound is 0.2); colour; weight decay; LARS (the SimCLR
-# paper's optimizer, lr 1.2 per 256 with its trust ratio); warm-up (B6 cuts it to 0.05 epochs); a second seed.
+# paper's optimizer, lr 1.2 per 256 with its trust ratio); warm-up (B6 cuts it to 0.05 epochs); BatchNorm momentum
+# (the running statistics the frozen encoder is evaluated with: over ~100 steps instead of ~10); a second seed.
 QROWS=(
   "q6m_mc2|--set augment.small_crops=2"
   "q6m_mc4|--set augment.small_crops=4"
@@ -97,6 +98,7 @@ QROWS=(
   "q6m_wd1e4|--set optim.weight_decay=1e-4"
   "q6m_lars|--optimizer lars --lr 1.2"
   "q6m_warm0|--set optim.warmup_epochs=0.01"
+  "q6m_bnm001|--set model.bn_momentum=0.01"
   "q6m_seed1|--seed 1"
   "q6m_mc4_seed1|--set augment.small_crops=4 --seed 1"
 )

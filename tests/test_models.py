@@ -29,3 +29,27 @@ def test_notebook_backbone_ends_in_linear():
 def test_other_backbones(name, dim):
     m = build_model(ModelConfig(backbone=name, image_size=32, proj_hidden=[], proj_dim=8))
     assert m.backbone.out_dim == dim
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.01])
+def test_bn_momentum_sets_every_batchnorm_and_weights_the_running_statistics(momentum):
+    """model.bn_momentum reaches every BatchNorm of the encoder and the head; one training batch moves a running
+    mean from 0 to momentum x the batch's mean."""
+    m = build_model(ModelConfig(backbone="resnet18", image_size=8, proj_hidden=[16], proj_dim=8, bn_momentum=momentum))
+    norms = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 21 and all(x.momentum == momentum for x in norms)  # 20 in ResNet-18, 1 in the head
+    seen = []
+    bn1 = m.backbone.net.bn1
+    bn1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))  # None: output kept
+    m.backbone.train()(torch.randn(4, 3, 8, 8))
+    expected = momentum * seen[0].mean((0, 2, 3))
+    assert torch.allclose(bn1.running_mean, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5])
+def test_bn_momentum_out_of_range_is_a_config_error(value):
+    from simclr.config import load_config
+    from simclr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.bn_momentum: invalid value .*must be in \(0, 1\]"):
+        load_config(None, {"model.bn_momentum": value})

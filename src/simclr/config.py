@@ -91,6 +91,9 @@ class ModelConfig:
     proj_hidden: list[int] = field(default_factory=lambda: [512])  # hidden widths of the projection MLP
     proj_dim: int = 128  # output dimension of the projection head
     proj_bn: bool = True  # BatchNorm after each hidden layer
+    # weight of each training batch in the running statistics of every BatchNorm layer (encoder and head), which the
+    # frozen encoder normalises with at evaluation; torch's default 0.1 averages over about the last 10 steps
+    bn_momentum: float = 0.1
 
 
 @dataclass
@@ -370,6 +373,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError("train.low_res_size: progressive resizing needs the images in memory; set "
                               "data.stream: false or train.low_res_size: 0")
     _positive("model.proj_dim", cfg.model.proj_dim)
+    if not 0.0 < cfg.model.bn_momentum <= 1.0:
+        raise ConfigError(f"model.bn_momentum: invalid value {cfg.model.bn_momentum!r}; must be in (0, 1] "
+                          "(torch's default: 0.1; smaller averages the running statistics over more steps)")
     _positive("train.knn_every", cfg.train.knn_every, 0, strict=False)
     _positive("train.knn_k", cfg.train.knn_k)
     _positive("train.knn_t", cfg.train.knn_t)

@@ -68,7 +68,11 @@ def build_model(cfg: ModelConfig, backbone: nn.Module | None = None) -> SimCLR:
     """The SimCLR module described by ``cfg`` (random init), around ``backbone`` when one is given (your own
     module: it maps ``[B, 3, H, W]`` to ``[B, D]``, its D found by a forward pass)."""
     encoder = build_backbone(cfg, backbone)
-    return SimCLR(encoder, ProjectionHead(encoder.out_dim, list(cfg.proj_hidden), cfg.proj_dim, cfg.proj_bn))
+    model = SimCLR(encoder, ProjectionHead(encoder.out_dim, list(cfg.proj_hidden), cfg.proj_dim, cfg.proj_bn))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = cfg.bn_momentum
+    return model
 
 
 class _GlobalBatchNormFn(torch.autograd.Function):
