@@ -46,6 +46,7 @@ def test_compare_identical_runs(tmp_path, labels, capsys):
     assert r["mcnemar"] == {"a_only": 0, "b_only": 0, "p_value": 1.0, "test": "exact binomial"}
     assert r["n_test"] == 300 and r["bootstrap"]["resamples"] == 200 and r["protocol"] == "knn"
     assert "+0.0 % [0.0, 0.0]" in text and "p = 1 " in text and "cannot be told apart" in text
+    assert "to compare two recipes, pretrain each with several seeds" in text  # what the test leaves out
 
 
 def test_compare_measures_a_real_difference(tmp_path, labels, capsys):
