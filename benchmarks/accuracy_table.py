@@ -6,7 +6,8 @@
 One line per run: test kNN and linear accuracy, the same on the validation split (the recipe is chosen on those),
 images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<name>.json, and the test figures'
 95 % bootstrap intervals from the runs' own RUNS/<name>/eval/<protocol>/metrics.json (RUNS: cpu_accuracy.sh's
-default, runs/bench_accuracy); a run not on this machine, or evaluated before the intervals, shows its figure alone.
+default, runs/bench_accuracy), else from the copy of them the result file keeps; a run recorded before either shows
+its figure alone.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def _pct(x) -> str:
     return format_interval(x) if isinstance(x, (int, float)) else "—"
 
 
-def _test(run: Path, protocol: str, x) -> str:
-    """A test figure with its interval from the run's metrics.json (the figure alone where that file is missing)."""
+def _test(run: Path, protocol: str, x, stored: dict | None = None) -> str:
+    """A test figure with its interval from the run's metrics.json, else from the copy cpu_accuracy.sh keeps in the
+    result file (``stored``: its ``*_test_metrics``), else the figure alone (a run evaluated before the intervals)."""
     path = run / "eval" / protocol / "metrics.json"
-    m = json.loads(path.read_text()) if path.is_file() else {}
+    m = json.loads(path.read_text()) if path.is_file() else (stored or {}).get(protocol, {})
     if "intervals" not in m:
         found.setdefault("missing", []).append(str(run.relative_to(RUNS)))
         return _pct(x)
@@ -49,9 +51,10 @@ def row(name: str) -> str:
     seen = steps * batch
     speed = seen / r["pretrain_wall_time_s"] if r.get("pretrain_wall_time_s") else None
     flags = r["command"].split("--set train.knn_every=0", 1)[-1].replace(" --baselines ''", "").removesuffix(" --baselines")
-    flags = flags.replace(R0, "").strip() or ("(the quickstart preset)" if name.startswith("budget6m") else "(R0)")
+    preset = name.startswith(("budget6m", "q6m_base"))  # recipe Q itself: no flags of its own
+    flags = flags.replace(R0, "").strip() or ("(the quickstart preset)" if preset else "(R0)")
     test, val = r.get("simclr", {}), r.get("simclr_val", {})
-    knn, linear = (_test(RUNS / name, p, test.get(p)) for p in ("knn", "linear"))
+    knn, linear = (_test(RUNS / name, p, test.get(p), r.get("simclr_test_metrics")) for p in ("knn", "linear"))
     return (f"| {name} | `{flags}` | {knn} | {linear} | {_pct(val.get('knn'))} | "
             f"{_pct(val.get('linear'))} | {speed:,.0f} | {seen:,} |" if speed else f"| {name} | `{flags}` | ... |")
 
@@ -78,13 +81,15 @@ def main(names: list[str]) -> None:
         print(row(name))
     base = json.loads((RESULTS / f"cpu_accuracy_{base_name}.json").read_text())
     ri, riv = base.get("random_init", {}), base.get("random_init_val", {})
-    knn, linear = (_test(RUNS / base_name / "baselines" / "random", p, ri.get(p)) for p in ("knn", "linear"))
+    knn, linear = (_test(RUNS / base_name / "baselines" / "random", p, ri.get(p), base.get("random_init_test_metrics"))
+                   for p in ("knn", "linear"))
     print(f"| random init | (no pretraining) | {knn} | {linear} | {_pct(riv.get('knn'))} | {_pct(riv.get('linear'))} | | 0 |")
     print()
     if "bootstrap" in found:
         print(f"Test columns: {describe_bootstrap(*found['bootstrap'])}.")
     if found.get("missing"):
-        print(f"No interval (no metrics.json with intervals under {RUNS.relative_to(HERE.parent)}/): "
+        print(f"No interval (neither a metrics.json with intervals under {RUNS.relative_to(HERE.parent)}/ "
+              "nor a copy in the result file): "
               f"{', '.join(dict.fromkeys(found['missing']))}; `simclr evaluate --run <run> --protocol knn,linear` adds them "
               "(or rerun `bash benchmarks/cpu_accuracy.sh <row>`).")
 

@@ -41,6 +41,10 @@ from pathlib import Path
 out, name, wall, load0, load1, extra = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 def evals(run, key="accuracy"):  # test accuracy; key="val_accuracy": the validation split's (recipes are chosen on it)
     return {p.parent.name: json.loads(p.read_text()).get(key) for p in sorted((run / "eval").glob("*/metrics.json"))}
+def intervals(run):  # what accuracy_table.py needs of each metrics.json to print the test intervals without the run
+    keep = ("accuracy", "f1_weighted", "intervals", "bootstrap", "n_test", "seed_runs")
+    return {p.parent.name: {k: v for k, v in json.loads(p.read_text()).items() if k in keep}
+            for p in sorted((run / "eval").glob("*/metrics.json"))}
 info = json.loads((out / "run.json").read_text())
 metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
 res = {
@@ -59,6 +63,8 @@ res = {
     "random_init": evals(out / "baselines" / "random"),
     "simclr_val": evals(out, "val_accuracy"),
     "random_init_val": evals(out / "baselines" / "random", "val_accuracy"),
+    "simclr_test_metrics": intervals(out),
+    "random_init_test_metrics": intervals(out / "baselines" / "random"),
 }
 Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
 Path(f"benchmarks/results/cpu_accuracy_{name}.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -87,7 +93,10 @@ ABLATION=(
 # that while the views are 16 px); crop scale (Q's lower bound is 0.2); colour; weight decay; LARS (the SimCLR
 # paper's optimizer, lr 1.2 per 256 with its trust ratio); warm-up (B6 cuts it to 0.05 epochs); BatchNorm momentum
 # (the running statistics the frozen encoder is evaluated with: over ~100 steps instead of ~10); a second seed.
+# q6m_base is recipe Q itself without the random-init baseline: the run the others are paired with
+# (`simclr compare`) on a machine whose budget6m run directory is gone.
 QROWS=(
+  "q6m_base|"
   "q6m_mc2|--set augment.small_crops=2"
   "q6m_mc4|--set augment.small_crops=4"
   "q6m_mc4_s12|--set augment.small_crops=4 --set augment.small_size=12"
