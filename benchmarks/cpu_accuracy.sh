@@ -110,6 +110,8 @@ QROWS=(
   "q6m_bnm001|--set model.bn_momentum=0.01"
   "q6m_seed1|--seed 1"
   "q6m_mc4_seed1|--set augment.small_crops=4 --seed 1"
+  "q6m_scale035_seed1|--set augment.scale=[0.35,1.0] --seed 1"
+  "q6m_lars_seed1|--optimizer lars --lr 1.2 --seed 1"
 )
 ablate() {  # name
   local row
