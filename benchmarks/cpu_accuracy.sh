@@ -39,12 +39,14 @@ run() {  # name, extra flags...
 import json, sys
 from pathlib import Path
 out, name, wall, load0, load1, extra = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-def evals(run, key="accuracy"):  # test accuracy; key="val_accuracy": the validation split's (recipes are chosen on it)
-    return {p.parent.name: json.loads(p.read_text()).get(key) for p in sorted((run / "eval").glob("*/metrics.json"))}
-def intervals(run):  # what accuracy_table.py needs of each metrics.json to print the test intervals without the run
+def protocols(run):  # each protocol's metrics.json, read once
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((run / "eval").glob("*/metrics.json"))}
+def evals(ms, key="accuracy"):  # test accuracy; key="val_accuracy": the validation split's (recipes are chosen on it)
+    return {k: m.get(key) for k, m in ms.items()}
+def intervals(ms):  # what accuracy_table.py needs of each metrics.json to print the test intervals without the run
     keep = ("accuracy", "f1_weighted", "intervals", "bootstrap", "n_test", "seed_runs")
-    return {p.parent.name: {k: v for k, v in json.loads(p.read_text()).items() if k in keep}
-            for p in sorted((run / "eval").glob("*/metrics.json"))}
+    return {k: {f: v for f, v in m.items() if f in keep} for k, m in ms.items()}
+simclr, random_init = protocols(out), protocols(out / "baselines" / "random")
 info = json.loads((out / "run.json").read_text())
 metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
 res = {
@@ -59,12 +61,12 @@ res = {
     "pretrain_images_per_s": [m.get("images_per_sec") for m in metrics],
     "load_average_before": load0,
     "load_average_after": load1,
-    "simclr": evals(out),
-    "random_init": evals(out / "baselines" / "random"),
-    "simclr_val": evals(out, "val_accuracy"),
-    "random_init_val": evals(out / "baselines" / "random", "val_accuracy"),
-    "simclr_test_metrics": intervals(out),
-    "random_init_test_metrics": intervals(out / "baselines" / "random"),
+    "simclr": evals(simclr),
+    "random_init": evals(random_init),
+    "simclr_val": evals(simclr, "val_accuracy"),
+    "random_init_val": evals(random_init, "val_accuracy"),
+    "simclr_test_metrics": intervals(simclr),
+    "random_init_test_metrics": intervals(random_init),
 }
 Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
 Path(f"benchmarks/results/cpu_accuracy_{name}.json").write_text(json.dumps(res, indent=2) + "\n")
