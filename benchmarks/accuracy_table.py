@@ -1,7 +1,7 @@
 """The recipe ablation table of benchmarks/RESULTS.md from the results of `bash benchmarks/cpu_accuracy.sh <row>`:
 
     python benchmarks/accuracy_table.py [budget6m b6m_bs128 ...]   (default: the ABLATION rows of cpu_accuracy.sh, then budget6m)
-    python benchmarks/accuracy_table.py --round2 TAG                (round 2: budget6m_TAG, then the QROWS rows run with TAG)
+    python benchmarks/accuracy_table.py --round2 TAG                (round 2: budget6m_q_TAG, then the QROWS rows run with TAG)
 
 One line per run: test kNN and linear accuracy, the same on the validation split (the recipe is chosen on those),
 images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<name>.json, and the test figures'
@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SCRIPT = (HERE / "cpu_accuracy.sh").read_text()  # owns the rows, R0 and where the runs go
 R0 = re.search(r'^R0="([^"]*)"', SCRIPT, flags=re.M).group(1)
+Q = re.search(r'^Q="([^"]*)"', SCRIPT, flags=re.M).group(1)  # recipe Q, pinned under the round-2 rows
 RUNS = HERE.parent / re.search(r"^RUNS=\$\{3:-([^}]*)\}", SCRIPT, flags=re.M).group(1)
 found: dict = {}  # the bootstrap settings of the first run with intervals, and the runs without them
 
@@ -51,8 +52,10 @@ def row(name: str) -> str:
     seen = steps * batch
     speed = seen / r["pretrain_wall_time_s"] if r.get("pretrain_wall_time_s") else None
     flags = r["command"].split("--set train.knn_every=0", 1)[-1].replace(" --baselines ''", "").removesuffix(" --baselines")
-    preset = name.startswith(("budget6m", "q6m_base"))  # recipe Q itself: no flags of its own
-    flags = flags.replace(R0, "").strip() or ("(the quickstart preset)" if preset else "(R0)")
+    preset = name.startswith(("budget6m", "q6m_base"))  # a preset itself: no flags of its own
+    scale = ((r.get("recipe") or {}).get("augment") or {}).get("scale") or [0.2, 1.0]  # before "recipe": Q's
+    label = "(recipe Q)" if name.startswith("q6m_") or scale == [0.2, 1.0] else f"(the quickstart preset, crop scale {scale})"
+    flags = flags.replace(R0, "").replace(Q, "").strip() or (label if preset else "(R0)")
     test, val = r.get("simclr", {}), r.get("simclr_val", {})
     knn, linear = (_test(RUNS / name, p, test.get(p), r.get("simclr_test_metrics")) for p in ("knn", "linear"))
     return (f"| {name} | `{flags}` | {knn} | {linear} | {_pct(val.get('knn'))} | "
@@ -62,11 +65,12 @@ def row(name: str) -> str:
 def main(names: list[str]) -> None:
     base_name = "b6m_old"  # the run whose random-init baseline ends the table
     if names[:1] == ["--round2"]:
-        # round 2: the shipped recipe on this kind of processor, then cpu_accuracy.sh's QROWS in its order
+        # round 2: recipe Q's budget6m run on this kind of processor (renamed budget6m_q_TAG when the preset moved
+        # on), then cpu_accuracy.sh's QROWS in its order; the random-init row is that budget6m run's
         tag = names[1]
-        names = [f"budget6m_{tag}"] + [f"{n}_{tag}" for n in re.findall(r'^\s*"(q6m_\w+)\|', SCRIPT, flags=re.M)]
+        names = [f"budget6m_q_{tag}"] + [f"{n}_{tag}" for n in re.findall(r'^\s*"(q6m_\w+)\|', SCRIPT, flags=re.M)]
         names = [n for n in names if (RESULTS / f"cpu_accuracy_{n}.json").is_file()]
-        base_name = f"budget6m_{tag}"
+        base_name = f"budget6m_q_{tag}"
     elif not names:
         # the rows in the order of cpu_accuracy.sh's ABLATION list (its one owner), then the shipped recipe
         names = re.findall(r'^\s*"(b6m_\w+)\|', SCRIPT, flags=re.M) + ["budget6m"]

@@ -38,6 +38,7 @@ run() {  # name, extra flags...
   "$PY" - "$out" "$name" "$(( $(date +%s) - started ))" "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)" "$*" <<'PY'
 import json, sys
 from pathlib import Path
+import yaml
 out, name, wall, load0, load1, extra = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 def protocols(run):  # each protocol's metrics.json, read once
     return {p.parent.name: json.loads(p.read_text()) for p in sorted((run / "eval").glob("*/metrics.json"))}
@@ -48,6 +49,7 @@ def intervals(ms):  # what accuracy_table.py needs of each metrics.json to print
     return {k: {f: v for f, v in m.items() if f in keep} for k, m in ms.items()}
 simclr, random_init = protocols(out), protocols(out / "baselines" / "random")
 info = json.loads((out / "run.json").read_text())
+config = yaml.safe_load((out / "config.yaml").read_text())  # the recipe as resolved: preset, then the flags
 metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
 res = {
     "name": name,
@@ -58,6 +60,7 @@ res = {
     "hardware": (info.get("precision_choice") or {}).get("hardware"),
     "precision": info.get("precision"),
     "budget_plan": info.get("budget"),
+    "recipe": {k: config.get(k) for k in ("model", "optim", "augment", "train")},
     "pretrain_images_per_s": [m.get("images_per_sec") for m in metrics],
     "load_average_before": load0,
     "load_average_after": load1,
@@ -90,13 +93,14 @@ ABLATION=(
   "b6m_bs128_lowres16_f09|--batch-size 128 --set train.low_res_size=16 --set train.low_res_fraction=0.9"
   "b6m_bs128_lowres16_t02_lr2|--batch-size 128 --set train.low_res_size=16 --temperature 0.2 --lr 0.6"
 )
-# Round 2 (issue 19): rows on top of the quickstart preset as it is today (recipe Q, the budget6m row), one
-# ingredient each; the names start with q6m_. Multi-crop: small crops of augment.small_size px at 32 px views (half
+# Round 2 (issue 19): rows on top of recipe Q, the quickstart preset of round 2 ($Q pins what has changed in the
+# preset since, as $R0 does for round 1), one ingredient each; the names start with q6m_. Multi-crop: small crops of augment.small_size px at 32 px views (half
 # that while the views are 16 px); crop scale (Q's lower bound is 0.2); colour; weight decay; LARS (the SimCLR
 # paper's optimizer, lr 1.2 per 256 with its trust ratio); warm-up (B6 cuts it to 0.05 epochs); BatchNorm momentum
 # (the running statistics the frozen encoder is evaluated with: over ~100 steps instead of ~10); a second seed.
 # q6m_base is recipe Q itself without the random-init baseline: the run the others are paired with
 # (`simclr compare`) on a machine whose budget6m run directory is gone.
+Q="--set augment.scale=[0.2,1.0]"
 QROWS=(
   "q6m_base|"
   "q6m_mc2|--set augment.small_crops=2"
@@ -127,7 +131,7 @@ ablate() {  # name
   for row in "${QROWS[@]}"; do
     if [ "${row%%|*}" = "$1" ]; then
       # shellcheck disable=SC2086
-      run "$1" $B6 ${row#*|} --baselines ''
+      run "$1" $B6 $Q ${row#*|} --baselines ''
       return
     fi
   done
