@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy_table.py [budget6m b6m_bs128 ...]   (default: the ABLATION rows of cpu_accuracy.sh, then budget6m)
     python benchmarks/accuracy_table.py --round2 TAG                (round 2: budget6m_q_TAG, then the QROWS rows run with TAG)
+    python benchmarks/accuracy_table.py --round3 TAG                (round 3: budget6m_TAG, then the SROWS rows run with TAG)
 
 One line per run: test kNN and linear accuracy, the same on the validation split (the recipe is chosen on those),
 images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<name>.json, and the test figures'
@@ -64,13 +65,14 @@ def row(name: str) -> str:
 
 def main(names: list[str]) -> None:
     base_name = "b6m_old"  # the run whose random-init baseline ends the table
-    if names[:1] == ["--round2"]:
+    if names[:1] in (["--round2"], ["--round3"]):
         # round 2: recipe Q's budget6m run on this kind of processor (renamed budget6m_q_TAG when the preset moved
-        # on), then cpu_accuracy.sh's QROWS in its order; the random-init row is that budget6m run's
-        tag = names[1]
-        names = [f"budget6m_q_{tag}"] + [f"{n}_{tag}" for n in re.findall(r'^\s*"(q6m_\w+)\|', SCRIPT, flags=re.M)]
+        # on), then cpu_accuracy.sh's QROWS in its order; round 3: today's preset's budget6m run, then its SROWS.
+        # The random-init row is that budget6m run's.
+        tag, base, prefix = names[1], *(("budget6m_q", "q6m") if names[0] == "--round2" else ("budget6m", "s6m"))
+        names = [f"{base}_{tag}"] + [f"{n}_{tag}" for n in re.findall(rf'^\s*"({prefix}_\w+)\|', SCRIPT, flags=re.M)]
         names = [n for n in names if (RESULTS / f"cpu_accuracy_{n}.json").is_file()]
-        base_name = f"budget6m_q_{tag}"
+        base_name = f"{base}_{tag}"
     elif not names:
         # the rows in the order of cpu_accuracy.sh's ABLATION list (its one owner), then the shipped recipe
         names = re.findall(r'^\s*"(b6m_\w+)\|', SCRIPT, flags=re.M) + ["budget6m"]
