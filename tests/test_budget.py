@@ -176,3 +176,92 @@ def test_plan_travels_as_numbers_and_back():
     copy = BudgetPlan(budget_s=1.0, warmup_steps=1)
     copy.set_numbers(plan.to_numbers())
     assert copy == plan and isinstance(copy.total_steps, int) and isinstance(copy.budget_s, float)
+
+
+# ----------------------------------------------------------------------------- train.total_budget (simclr run)
+
+
+def _clock_steps(plan, deadline, tick=0.5):
+    """Steps a clock with ``deadline`` lets run when every reading of the clock costs ``tick`` seconds."""
+    clock = BudgetClock(plan, images_per_step=10, spent_s=0, deadline=deadline)
+    steps = 1
+    while not clock.after_step(steps):
+        steps += 1
+        assert steps < 1000
+    return steps
+
+
+def test_deadline_keeps_the_evaluation_out_of_pretraining(monkeypatch):
+    from simclr.budget import Deadline
+
+    monkeypatch.setattr(budget_module, "time", FakeTime(0.5))
+    alone = _clock_steps(BudgetPlan(budget_s=60, warmup_steps=0), None)
+    # the job must end at 60 s and its evaluation is predicted at 20 s (2,000 forwards at 100 images/s): the plan
+    # leaves about a third of the steps out
+    plan = BudgetPlan(budget_s=60, warmup_steps=0)
+    cut = _clock_steps(plan, Deadline(at_s=60, images=2000, images_per_s=100.0))
+    assert plan.after_s == pytest.approx(20.0) and cut == plan.total_steps
+    assert 0.45 * alone < cut < 0.75 * alone, (cut, alone)  # (60 - 20) / 60 of the steps, less re-plans' readings
+    # fixed costs count as well; a far deadline does not bind: the budget decides
+    assert _clock_steps(BudgetPlan(budget_s=60, warmup_steps=0), Deadline(at_s=60, fixed_s=20.0)) == cut
+    assert _clock_steps(BudgetPlan(budget_s=60, warmup_steps=0), Deadline(at_s=600, images=2000,
+                                                                          images_per_s=100.0)) == alone
+    # without a measured speed, the forwards are predicted from the training speed (10 images per 0.5-0.6 s:
+    # 100 forwards/s at 6 forwards per training image)
+    plan = BudgetPlan(budget_s=60, warmup_steps=0)
+    assert abs(_clock_steps(plan, Deadline(at_s=60, images=2000)) - cut) <= 0.1 * cut
+    assert 17 < plan.after_s < 21
+
+
+def test_deadline_past_leaves_a_minimal_run(monkeypatch):
+    from simclr.budget import Deadline
+
+    monkeypatch.setattr(budget_module, "time", FakeTime(0.5))
+    plan = BudgetPlan(budget_s=60, warmup_steps=0)
+    steps = _clock_steps(plan, Deadline(at_s=60, fixed_s=600.0))  # the evaluation alone would outlast the job
+    assert steps == plan.total_steps <= budget_module.MEASURE_STEPS + 2
+
+
+@pytest.mark.parametrize(("over", "names"), [
+    ({"eval.protocols": ["knn", "finetune"]}, "eval.protocols: finetune"),
+    ({"eval.baselines": ["random", "imagenet"]}, "eval.baselines: imagenet"),
+    ({"eval.labels": [100, 1000]}, "eval.labels"),
+])
+def test_total_budget_refuses_what_it_cannot_plan(over, names):
+    with pytest.raises(ConfigError, match=f"train.total_budget: cannot plan the time of {names}"):
+        load_config(None, {"train.total_budget": "10m", **over})
+
+
+def test_total_budget_flags(tmp_path, tiny_folder, capsys):
+    from simclr.cli import build_config, make_parser
+
+    with pytest.raises(ConfigError, match="train.total_budget: cannot read 'soon'"):
+        load_config(None, {"train.total_budget": "soon"})
+    preset = tmp_path / "job.yaml"
+    preset.write_text("train:\n  budget: 5m\n  total_budget: 9m30s\n")
+    assert build_config(make_parser().parse_args(["run", "--config", str(preset)])).train.total_budget == "9m30s"
+    # an explicit pretraining length is what the user asked for: the preset's job budget does not cut it ...
+    for flags in (["--budget", "6m"], ["--epochs", "3"]):
+        assert build_config(make_parser().parse_args(["run", "--config", str(preset), *flags])).train.total_budget is None
+    # ... unless the command line sets one too
+    cfg = build_config(make_parser().parse_args(["run", "--config", str(preset), "--budget", "6m", "--total-budget", "20m"]))
+    assert (cfg.train.budget, cfg.train.total_budget) == ("6m", "20m")
+    rc = main(["pretrain", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--total-budget", "5m"])
+    assert rc == 2 and "--total-budget" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_run_under_a_total_budget_plans_the_evaluation_in(tiny_folder, tmp_path, monkeypatch):
+    from simclr import pipeline
+
+    monkeypatch.setattr(budget_module, "time", FakeTime(2.0))  # 2-4 s per step: ~15 steps in 60 s
+    monkeypatch.setattr(pipeline, "EVAL_FIXED_S", 10.0)  # 2 encoders (SimCLR, random init): 20 s + their forwards
+    monkeypatch.setattr(pipeline, "REPORT_S", 0.0)
+    cfg = tiny(tiny_folder, tmp_path / "run", **{"train.total_budget": "60s", "eval.protocols": ["knn"],
+                                                 "eval.baselines": ["random"], **SMALL})
+    pipeline.run_experiment(cfg, log=lambda *a, **k: None)
+    plan = json.loads((tmp_path / "run" / "run.json").read_text())["budget"]
+    assert plan["total_budget_s"] == 60 and plan["budget_s"] <= 60
+    assert 20 < plan["after_s"] < 25  # the fixed part and a few dozen measured forwards of a tiny network
+    assert plan["steps"] == plan["total_steps"] and 3 < plan["steps"] <= 40 / 2  # the rest of the 60 s at >= 2 s a step
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "Total budget" in report and "kept for the evaluation and report" in report

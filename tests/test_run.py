@@ -41,7 +41,7 @@ def test_run_skips_an_unavailable_baseline_but_writes_the_report(tiny_folder, tm
     """Offline ImageNet weights must not throw away the pretraining: report written, warning, exit code 5."""
     import simclr.train
 
-    def fake_pretrain(cfg, resume=False, command=None, log=print):
+    def fake_pretrain(cfg, resume=False, command=None, log=print, deadline=None):
         torch.manual_seed(0)
         return write_baseline_run(cfg.out, cfg, build_backbone(cfg.model), "simclr", cfg.name)
 

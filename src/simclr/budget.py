@@ -31,6 +31,11 @@ WARMUP_MAX_FRACTION = 0.1  # the warm-up takes at most this share of the planned
 # at 2.8x the images/s of 32 px ones in the training loop (153 vs 54 at batch 128; benchmarks/RESULTS.md, "Accuracy
 # per minute"). A wrong guess costs only a bend in the cosine: the plan is redone once the full size is timed.
 LOW_RES_COST_EXPONENT = 1.5
+# Work after training that the plan keeps time for (the final kNN monitor; under train.total_budget the evaluation of
+# `simclr run`) is predicted from the training speed: a training step runs forward and backward (about 3 forwards) on
+# 2 views of each image, a frozen encoder 1 forward per image. On the fp32 AMD EPYC Zen 3 the features came at 8x
+# the training images/s at 32 px (105-113 against 13), so the prediction errs on the safe side.
+FORWARDS_PER_TRAINING_IMAGE = 6.0
 
 
 def low_res_speedup(low: int, full: int) -> float:
@@ -38,8 +43,9 @@ def low_res_speedup(low: int, full: int) -> float:
     return (full / low) ** LOW_RES_COST_EXPONENT
 
 
-def parse_duration(text: str | float | int) -> float:
-    """``"6m"``, ``"90s"``, ``"2h"``, ``"1h30m"``, ``"1.5h"`` or a number of seconds -> seconds (> 0)."""
+def parse_duration(text: str | float | int, key: str = "train.budget") -> float:
+    """``"6m"``, ``"90s"``, ``"2h"``, ``"1h30m"``, ``"1.5h"`` or a number of seconds -> seconds (> 0); ``key``
+    names the setting in the error."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
     else:
@@ -50,9 +56,9 @@ def parse_duration(text: str | float | int) -> float:
         elif m and any(m.groups()):
             seconds = sum(float(v) * _UNITS[u] for v, u in zip(m.groups(), "hms") if v)
         else:
-            raise ConfigError(f"train.budget: cannot read {text!r} as a duration; use e.g. 90s, 6m, 2h or 1h30m")
+            raise ConfigError(f"{key}: cannot read {text!r} as a duration; use e.g. 90s, 6m, 2h or 1h30m")
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise ConfigError(f"train.budget: {text!r} is not a positive duration; use e.g. 90s, 6m, 2h or 1h30m")
+        raise ConfigError(f"{key}: {text!r} is not a positive duration; use e.g. 90s, 6m, 2h or 1h30m")
     return seconds
 
 
@@ -78,6 +84,8 @@ class BudgetPlan:
     anchor_step: int = 0
     anchor_progress: float = 0.0
     replans: int = 0
+    total_budget_s: float = 0.0  # train.total_budget: the whole `simclr run` ends by then (0: no such limit) ...
+    after_s: float = 0.0  # ... and the time its evaluation after pretraining is predicted to take
 
     @property
     def planned(self) -> bool:
@@ -147,6 +155,17 @@ class BudgetPlan:
             setattr(self, f.name, int(round(v)) if f.type in ("int", int) else float(v))
 
 
+@dataclass
+class Deadline:
+    """When a whole ``simclr run`` job must end (``train.total_budget``) and the work after pretraining that must
+    fit before then; :class:`BudgetClock` keeps that work's predicted time out of the steps it plans."""
+
+    at_s: float  # on the pretraining clock (BudgetClock.elapsed): the job's total budget less what it spent before
+    images: int = 0  # images the evaluation passes through a frozen encoder (every encoder it evaluates)
+    fixed_s: float = 0.0  # the rest of the evaluation, predicted in seconds (heads, t-SNE maps, report)
+    images_per_s: float = 0.0  # the frozen encoder's measured forward speed (0: predicted from the training speed)
+
+
 class BudgetClock:
     """Runs a :class:`BudgetPlan` during training: times the steps, plans, re-plans, and says when to stop.
 
@@ -157,8 +176,9 @@ class BudgetClock:
     """
 
     def __init__(self, plan: BudgetPlan, images_per_step: int, spent_s: float, final_monitor_images: int = 0,
-                 share: Callable[[BudgetPlan], None] | None = None):
+                 share: Callable[[BudgetPlan], None] | None = None, deadline: Deadline | None = None):
         self.plan = plan
+        self.deadline = deadline
         self.share = share  # under torchrun: makes every process hold rank 0's plan after each (re-)plan
         self.images_per_step = images_per_step
         self.started = time.perf_counter() - spent_s
@@ -194,14 +214,30 @@ class BudgetClock:
             self.step_time, self.timed_steps, self.last_mark = 0.0, 0, None
             self.replan_due = self.plan.planned
 
-    def _reserve(self) -> float:
+    def _forward_s(self, images: int) -> float:
+        """Predicted seconds for ``images`` forwards of the frozen encoder at full resolution."""
         rate = self.plan.images_per_s or (self.timed_steps * self.images_per_step / max(self.step_time, 1e-9))
         if self.low_res:
-            rate /= self.plan.low_res_speedup  # the monitor runs at full resolution
-        # Before a monitor has run, its cost is estimated from the training speed: a training step runs forward and
-        # backward (about 3 forwards) on 2 views of each image, the monitor one forward per image.
-        monitor = self.monitor_s if self.monitor_s is not None else self.final_monitor_images / max(6.0 * rate, 1e-9)
+            rate /= self.plan.low_res_speedup  # evaluation runs at full resolution
+        return images / max(FORWARDS_PER_TRAINING_IMAGE * rate, 1e-9)
+
+    def _reserve(self) -> float:
+        # before a monitor has run, its cost is predicted from the training speed
+        monitor = self.monitor_s if self.monitor_s is not None else self._forward_s(self.final_monitor_images)
         return monitor + 2.0 * self.checkpoint_s  # the final checkpoint and the exports
+
+    def _remaining(self) -> float:
+        """Seconds left for training steps: to the end of the budget, or to the deadline less the evaluation."""
+        plan = self.plan
+        plan.reserve_s = self._reserve()
+        elapsed = self.elapsed()
+        remaining = plan.budget_s - elapsed - plan.reserve_s
+        if self.deadline is not None:
+            d = self.deadline
+            forward = d.images / d.images_per_s if d.images_per_s > 0 else self._forward_s(d.images)
+            plan.after_s = forward + d.fixed_s
+            remaining = min(remaining, d.at_s - elapsed - plan.reserve_s - plan.after_s)
+        return remaining
 
     def after_step(self, step: int) -> bool:
         """Call after optimizer step ``step`` (1-based count of steps done). Returns True when the run must stop."""
@@ -217,9 +253,7 @@ class BudgetClock:
             # seconds per step now, plus this process's checkpoints and monitors spread over its steps so far: the
             # ones still to come before the end cost about as much per step
             per_step = self.step_time / self.timed_steps + self.overhead_s / self.steps_done
-            plan.reserve_s = self._reserve()
-            plan.replan(step, plan.budget_s - self.elapsed() - plan.reserve_s, 1.0 / per_step, self.images_per_step,
-                        low_res=self.low_res)
+            plan.replan(step, self._remaining(), 1.0 / per_step, self.images_per_step, low_res=self.low_res)
             if self.share is not None:  # every process times its own steps; they must stop (and resize) together
                 self.share(plan)
             self.step_time, self.timed_steps, self.replan_due = 0.0, 0, False  # the next plan uses the speed since this one

@@ -48,10 +48,14 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--strict", action="store_true", default=None, help="unreadable image files are an error, not a warning")
     g.add_argument("--split", dest="split", help="standard (pretrain on all training images) | seed (the seed notebook project's 8,000/42,000 split)")
     if training:
-        g.add_argument("--epochs", type=int, help="number of epochs (replaces a train.budget of the config file)")
+        g.add_argument("--epochs", type=int, help="number of epochs (replaces a train.budget or train.total_budget of the config file)")
         g.add_argument("--budget", metavar="DURATION",
                        help="pretraining time (6m, 90s, 2h, 1h30m): the run measures its speed and plans the steps and the "
-                            "learning-rate schedule to end then; replaces --epochs (giving both is an error)")
+                            "learning-rate schedule to end then; replaces --epochs (giving both is an error) and a "
+                            "train.total_budget of the config file")
+        g.add_argument("--total-budget", metavar="DURATION",
+                       help="simclr run: time for the whole job (6m, 10m, 1h): pretraining ends early enough for the "
+                            "evaluation and report to finish within it (their time predicted from the training speed)")
         g.add_argument("--backbone", help=BACKBONE_HELP)
         g.add_argument("--image-size", type=int, help="side in pixels of the images fed to the encoder")
         g.add_argument("--optimizer", help="adam | adamw | sgd | lars")
@@ -98,6 +102,10 @@ def build_config(args: argparse.Namespace) -> Config:
     over = _overrides(args)
     if getattr(args, "epochs", None) is not None:
         over["train.budget"] = None  # --epochs replaces a budget of the config file (the quickstart has one)
+    if getattr(args, "total_budget", None) is None and (
+            getattr(args, "epochs", None) is not None or getattr(args, "budget", None) is not None):
+        # an explicit pretraining length is what the user asked for: a preset's job budget must not cut it
+        over.setdefault("train.total_budget", None)
     return load_config(args.config, over)
 
 
@@ -108,6 +116,9 @@ def _command_line() -> str:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .train import pretrain
 
+    if getattr(args, "total_budget", None) is not None:
+        raise ConfigError("--total-budget: the time of a whole `simclr run` job; `simclr pretrain` has no "
+                          "evaluation to keep time for: give its pretraining time with --budget")
     cfg = build_config(args)
     pretrain(cfg, resume=args.resume, command=_command_line(), log=_log)
     return 0

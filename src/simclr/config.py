@@ -114,6 +114,10 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 100  # ignored when budget is set
     budget: str | None = None  # pretraining time, e.g. 6m, 90s, 1h30m: the run sizes its steps to end then
+    # `simclr run` only: the whole job (pretraining, evaluation, baselines, report) ends within this time; pretraining
+    # ends early enough for the evaluation, whose time is predicted from the training speed (feature protocols and
+    # the random baseline only). With train.budget too, pretraining stops at whichever comes first.
+    total_budget: str | None = None
     batch_size: int = 512  # global batch (split across processes under torchrun)
     temperature: float = 0.5
     # progressive resizing: views of low_res_size px for the first low_res_fraction of the steps, then
@@ -181,6 +185,7 @@ FLAG_KEYS = {
     "out": "out",
     "epochs": "train.epochs",
     "budget": "train.budget",
+    "total_budget": "train.total_budget",
     "batch_size": "train.batch_size",
     "seed": "train.seed",
     "device": "train.device",
@@ -358,6 +363,17 @@ def validate(cfg: Config) -> None:
     _positive("train.epochs", cfg.train.epochs, 0, strict=False)
     if cfg.train.budget is not None:
         parse_duration(cfg.train.budget)
+    if cfg.train.total_budget is not None:
+        parse_duration(cfg.train.total_budget, "train.total_budget")
+        # the evaluation's time is predicted for frozen-feature work; fine-tuning and supervised baselines train
+        # for epochs whose cost this prediction does not cover
+        extra = (["eval.protocols: finetune"] if "finetune" in cfg.eval.protocols else []) + \
+            [f"eval.baselines: {b}" for b in cfg.eval.baselines if b != "random"] + \
+            (["eval.labels (a label sweep)"] if cfg.eval.labels else [])
+        if extra:
+            raise ConfigError(f"train.total_budget: cannot plan the time of {', '.join(extra)}; it covers the "
+                              "protocols on frozen features (knn, linear, mlp) and the random baseline. Drop them, "
+                              "or use train.budget (pretraining time) with --set train.total_budget=null")
     _positive("optim.lr", cfg.optim.lr)
     _positive("optim.weight_decay", cfg.optim.weight_decay, 0, strict=False)
     _positive("optim.warmup_epochs", cfg.optim.warmup_epochs, 0, strict=False)

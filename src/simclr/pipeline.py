@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .baselines import random_baseline, supervised
+from .budget import Deadline, parse_duration
 from .config import Config
 from .errors import SimCLRError
 from .evaluate import EvalData, evaluate_run, load_eval_data
@@ -65,15 +66,23 @@ def run_experiment(cfg: Config, resume: bool = False, command: str | None = None
         log(f"\n[{step[0]}/{steps}] {text}")
         return time.perf_counter()
 
+    data = None
+    deadline = None
+    if cfg.train.total_budget is not None:  # the evaluation's size must be known before pretraining is planned
+        data = load_eval_data(cfg, log)
+        deadline = evaluation_deadline(cfg, data, time.perf_counter() - started)
     length = f"budget {cfg.train.budget}" if cfg.train.budget is not None else f"{cfg.train.epochs} epochs"
+    if cfg.train.total_budget is not None:
+        length = (f"budget {cfg.train.budget}, " if cfg.train.budget is not None else "") + \
+            f"the whole run within {cfg.train.total_budget}"
     t = stage("pretrain", f"pretraining SimCLR ({length}) -> {out}")
-    pretrain(cfg, resume=resume, command=command, log=log)
+    pretrain(cfg, resume=resume, command=command, log=log, deadline=deadline)
     stages["pretrain"] = time.perf_counter() - t
     if not main_process:
         return None
 
     t = stage("evaluate", f"evaluating the frozen encoder: {', '.join(cfg.eval.protocols)}")
-    data = load_eval_data(cfg, log)  # loaded once, shared by the SimCLR run and the baselines
+    data = data or load_eval_data(cfg, log)  # loaded once, shared by the SimCLR run and the baselines
     _evaluate(out, cfg, data, None, log)
     stages["evaluate"] = time.perf_counter() - t
 
@@ -104,6 +113,22 @@ def run_experiment(cfg: Config, resume: bool = False, command: str | None = None
     log("\ntime per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()))
     log(f"report: {html.resolve()}")
     return PipelineResult(md, html, run_dirs, stages, failures)
+
+
+# What the evaluation of one encoder costs beside its forwards (t-SNE maps of 2 x 2,000 points, kNN, the heads on
+# features) and the report: 36 s per encoder, about 1 s for the report, for the quickstart on the slowest CPU
+# measured (fp32 AMD EPYC Zen 3, 2 cores; benchmarks/RESULTS.md, "The shipped recipe at 6 and 30 minutes").
+EVAL_FIXED_S = 40.0
+REPORT_S = 10.0
+
+
+def evaluation_deadline(cfg: Config, data: EvalData, spent_s: float) -> Deadline:
+    """The :class:`Deadline` of a ``simclr run`` under ``train.total_budget`` that has spent ``spent_s`` so far: one
+    forward per labeled image for each encoder evaluated (SimCLR's, then the random baseline's), plus the rest."""
+    encoders = 1 + ("random" in cfg.eval.baselines)
+    images = len(data.train) + len(data.val) + len(data.test)
+    return Deadline(at_s=parse_duration(cfg.train.total_budget, "train.total_budget") - spent_s,
+                    images=encoders * images, fixed_s=encoders * EVAL_FIXED_S + REPORT_S)
 
 
 def _evaluate(run_dir: Path, cfg: Config, data: EvalData, method: str | None, log: Log) -> None:

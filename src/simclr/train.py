@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -16,11 +17,12 @@ from torch import nn
 
 from . import augment, rundir
 from .batches import device_batches
-from .budget import MEASURE_STEPS, BudgetClock, BudgetPlan, low_res_speedup, parse_duration
+from .budget import MEASURE_STEPS, BudgetClock, BudgetPlan, Deadline, low_res_speedup, parse_duration
 from .checkpoint import atomic_save, config_differences, load_checkpoint, save_weights
 from .config import Config, TrainConfig, save_config, to_dict
 from .data import ImageData
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .evaluate.features import extract_features
 from .evaluate.knn import knn_accuracy
 from .hardware import to_device_checked
 from .loss import multicrop_nt_xent, nt_xent
@@ -63,12 +65,14 @@ class TrainState:
 
 
 def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log: Log = print,
-             backbone: nn.Module | None = None) -> Path:
+             backbone: nn.Module | None = None, deadline: Deadline | None = None) -> Path:
     """Train a SimCLR encoder as configured and leave a self-describing run directory ``cfg.out``.
 
     The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt``, ``backbone.safetensors``,
     ``projection_head.safetensors``, ``run.json``, TensorBoard events and ``plots/`` (see :mod:`simclr.rundir`).
     ``backbone``: your own encoder module instead of the registry's ``model.backbone`` (trained in place).
+    ``deadline``: from ``simclr run`` under ``train.total_budget``, when the whole job must end and what follows
+    pretraining (:class:`simclr.budget.Deadline`); the plan then ends pretraining early enough for both.
     Returns its path.
     """
     rt = init_distributed(cfg.train.device)
@@ -76,7 +80,7 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log:
     try:
         check_explicit(cfg.train.precision, rt.device)  # before any work: fp16 on a CPU is refused
         lock = lock_for_training(cfg.out, rt)  # one writer per run directory
-        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None), backbone)
+        return _pretrain(cfg, rt, resume, command, log if rt.is_main else (lambda *a, **k: None), backbone, deadline)
     finally:
         if lock is not None:
             lock.release()
@@ -84,7 +88,8 @@ def pretrain(cfg: Config, resume: bool = False, command: str | None = None, log:
             dist.destroy_process_group()
 
 
-def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log, backbone: nn.Module | None = None) -> Path:
+def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log, backbone: nn.Module | None = None,
+              deadline: Deadline | None = None) -> Path:
     started = time.perf_counter()
     device, B, run_dir = rt.device, cfg.train.batch_size, Path(cfg.out)
     configure_device(device, cfg.train.reuse_memory, cfg.train.deterministic)
@@ -108,13 +113,17 @@ def _pretrain(cfg: Config, rt: Dist, resume: bool, command: str | None, log: Log
         scaler = torch.amp.GradScaler(device.type)
     log(f"pretraining on {len(pre)} images ({steps_per_epoch} steps of {B} per epoch) on {device} in {precision}"
         + (f", {rt.world_size} processes" if rt.distributed else ""))
-    plan = budget_plan(cfg, state, steps_per_epoch, log)
+    if deadline is not None and deadline.images:
+        deadline = dataclasses.replace(deadline, images_per_s=_forward_speed(model.backbone, cfg, device, precision))
+        log(f"train.total_budget {cfg.train.total_budget}: the evaluation's {deadline.images} forwards at "
+            f"{deadline.images_per_s:.0f} images/s (measured) + {deadline.fixed_s:.0f} s are kept out of pretraining")
+    plan = budget_plan(cfg, state, steps_per_epoch, log, deadline)
     schedule = Schedule(optimizer, cfg.optim, B, steps_per_epoch, cfg.train.epochs, plan=plan)
     clock = None
     if plan is not None:
         monitor_images = len(bank) + len(queries) if bank is not None and cfg.train.knn_every else 0
         clock = BudgetClock(plan, B, state.wall_time + time.perf_counter() - started, monitor_images,
-                            share=(lambda p: _share_plan(p, device)) if rt.distributed else None)
+                            share=(lambda p: _share_plan(p, device)) if rt.distributed else None, deadline=deadline)
     total_steps = (lambda: plan.total_steps) if plan is not None else (lambda: cfg.train.epochs * steps_per_epoch)
     view_size = ViewSize(cfg, state, total_steps, clock, log)
     writer = _open_run_dir(run_dir, cfg, pre, state, command, fresh=saved is None) if rt.is_main else None
@@ -231,23 +240,46 @@ def _choose_precision(tc: TrainConfig, model: nn.Module, image_size: int, rt: Di
     return choice
 
 
-def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log: Log) -> BudgetPlan | None:
+def _forward_speed(encoder: nn.Module, cfg: Config, device: torch.device, precision: str) -> float:
+    """Images/s of ``encoder``'s frozen forward as the evaluation runs it (eval mode, its batch size, resolution and
+    precision), on random pixels: the speed does not depend on them. Two batches; the second is timed (the first
+    allocates)."""
+    size = cfg.model.image_size
+    x = torch.randint(0, 256, (cfg.eval.batch_size, 3, size, size), dtype=torch.uint8)
+    for _ in range(2):
+        t0 = time.perf_counter()
+        extract_features(encoder, x, size, cfg.augment.mean, cfg.augment.std, device, precision, len(x))
+    return len(x) / max(time.perf_counter() - t0, 1e-9)
+
+
+def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log: Log,
+                deadline: Deadline | None = None) -> BudgetPlan | None:
     """The run's :class:`BudgetPlan`: the saved one when resuming a budgeted run (with or without ``--budget``
-    again), a new one for ``train.budget``, else None."""
+    again), a new one for ``train.budget`` or a ``deadline`` (``simclr run`` under ``train.total_budget``), else
+    None."""
     if state.budget:
         plan = BudgetPlan(**state.budget)
         log(f"budget: resuming the plan of {plan.total_steps} steps, {max(plan.budget_s - state.wall_time, 0):.0f} s "
             f"of {plan.budget_s:.0f} s left")
         return plan
-    if cfg.train.budget is None:
+    if deadline is None and cfg.train.total_budget is not None:
+        log("train.total_budget: applies to `simclr run` (pretraining, evaluation and report); pretraining alone "
+            "follows train.budget")
+    if cfg.train.budget is None and deadline is None:
         return None
     if state.global_step:
         raise ConfigError("train.budget: this run was started without a budget; resume it without --budget "
                           "(or start a new run with another --out)")
-    budget_s = parse_duration(cfg.train.budget)
-    log(f"budget {cfg.train.budget} ({budget_s:.0f} s): the number of steps is planned after "
-        f"{MEASURE_STEPS + 1} measured steps (train.epochs is not used)")
+    budget_s = parse_duration(cfg.train.budget) if cfg.train.budget is not None else deadline.at_s
+    if deadline is not None:  # pretraining cannot outlast the job
+        budget_s = min(budget_s, deadline.at_s)
+    log(f"budget {cfg.train.budget or cfg.train.total_budget} ({budget_s:.0f} s): the number of steps is planned "
+        f"after {MEASURE_STEPS + 1} measured steps (train.epochs is not used)"
+        + (f"; the whole run ends within train.total_budget {cfg.train.total_budget}, its evaluation included"
+           if deadline is not None else ""))
     plan = BudgetPlan(budget_s=budget_s, warmup_steps=warmup_steps(cfg.optim, steps_per_epoch))
+    if deadline is not None:
+        plan.total_budget_s = parse_duration(cfg.train.total_budget, "train.total_budget")
     if cfg.train.low_res_size:
         plan.low_res_fraction = cfg.train.low_res_fraction
         plan.low_res_speedup = low_res_speedup(cfg.train.low_res_size, cfg.model.image_size)

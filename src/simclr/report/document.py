@@ -307,6 +307,9 @@ def _budget_facts(r: dict) -> list[tuple[str, str]]:
         facts.append(("Budget", f"{fmt_time(plan['budget_s'])}: {fmt_int(total)} steps planned, {fmt_int(steps)} run; "
                       + (f"{speed:,.0f} images/s at the last plan, " if speed is not None else "")
                       + f"{fmt_int(plan.get('replans'))} re-plans"))
+        if (num(plan.get("total_budget_s")) or 0) > 0:  # train.total_budget: the job's limit and what it kept back
+            facts.append(("Total budget", f"{fmt_time(plan['total_budget_s'])} for the whole run; "
+                          f"{fmt_time(num(plan.get('after_s')) or 0)} kept for the evaluation and report"))
     low = r.get("low_res")
     if isinstance(low, dict) and low.get("size"):
         facts.append(("Resolution", f"{fmt_int(low['size'])} px for {fmt_int(low.get('steps'))} steps, then "
