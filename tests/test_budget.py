@@ -265,3 +265,22 @@ def test_run_under_a_total_budget_plans_the_evaluation_in(tiny_folder, tmp_path,
     assert plan["steps"] == plan["total_steps"] and 3 < plan["steps"] <= 40 / 2  # the rest of the 60 s at >= 2 s a step
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "Total budget" in report and "kept for the evaluation and report" in report
+
+
+def test_run_command_applies_the_length_rules(tmp_path, monkeypatch, capsys):
+    """`simclr run` builds its config with the same rules as `simclr pretrain` (it once bypassed them: a preset's
+    job budget cut a `--budget 6m` run to 7 steps, and `--epochs` left a preset's budget in place)."""
+    import simclr.pipeline
+
+    seen = []
+    monkeypatch.setattr(simclr.pipeline, "run_experiment", lambda cfg, **kw: seen.append(cfg) or None)
+    preset = tmp_path / "job.yaml"
+    preset.write_text("train:\n  budget: 5m\n  total_budget: 9m30s\n")
+    assert main(["run", "--config", str(preset), "--budget", "6m"]) == 0
+    assert (seen[-1].train.budget, seen[-1].train.total_budget) == ("6m", None)
+    assert main(["run", "--config", str(preset), "--epochs", "3", "--baselines", "random"]) == 0
+    assert (seen[-1].train.budget, seen[-1].train.total_budget, seen[-1].train.epochs) == (None, None, 3)
+    assert seen[-1].eval.baselines == ["random"]
+    assert main(["run", "--config", str(preset)]) == 0 and seen[-1].train.total_budget == "9m30s"
+    assert main(["run", "--config", str(preset), "--budget", "6m", "--epochs", "3"]) == 2
+    assert "--budget and --epochs" in capsys.readouterr().err and len(seen) == 3

@@ -95,11 +95,13 @@ def _parse_value(v: str) -> Any:
         return v
 
 
-def build_config(args: argparse.Namespace) -> Config:
+def build_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Config:
+    """The config of a training command: the file, then the flags (``extra``: a command's own keys), with the rules
+    between the length flags and a file's budgets."""
     if getattr(args, "budget", None) is not None and getattr(args, "epochs", None) is not None:
         raise ConfigError("--budget and --epochs both given: a budgeted run decides its own number of steps; "
                           "give one of them")
-    over = _overrides(args)
+    over = {**_overrides(args), **(extra or {})}
     if getattr(args, "epochs", None) is not None:
         over["train.budget"] = None  # --epochs replaces a budget of the config file (the quickstart has one)
     if getattr(args, "total_budget", None) is None and (
@@ -276,12 +278,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_experiment
 
-    over = _overrides(args)
+    over = {}
     if args.protocols:
         over["eval.protocols"] = args.protocols
     if args.baselines is not None:
         over["eval.baselines"] = args.baselines
-    cfg = load_config(args.config, over)
+    cfg = build_config(args, over)
     result = run_experiment(cfg, resume=args.resume, command=_command_line(), log=_log)
     if result is None:  # a torchrun process other than rank 0: pretraining done, rank 0 evaluates and reports
         return 0
