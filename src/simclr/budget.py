@@ -160,7 +160,8 @@ class Deadline:
     """When a whole ``simclr run`` job must end (``train.total_budget``) and the work after pretraining that must
     fit before then; :class:`BudgetClock` keeps that work's predicted time out of the steps it plans."""
 
-    at_s: float  # on the pretraining clock (BudgetClock.elapsed): the job's total budget less what it spent before
+    at_s: float  # on the pretraining clock (BudgetClock.elapsed): total_s less what the job spent before pretraining
+    total_s: float = 0.0  # train.total_budget in seconds, for the plan's record (the clock needs only at_s)
     images: int = 0  # images the evaluation passes through a frozen encoder (every encoder it evaluates)
     fixed_s: float = 0.0  # the rest of the evaluation, predicted in seconds (heads, t-SNE maps, report)
     images_per_s: float = 0.0  # the frozen encoder's measured forward speed (0: predicted from the training speed)

@@ -55,7 +55,7 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
                             "train.total_budget of the config file")
         g.add_argument("--total-budget", metavar="DURATION",
                        help="simclr run: time for the whole job (6m, 10m, 1h): pretraining ends early enough for the "
-                            "evaluation and report to finish within it (their time predicted from the training speed)")
+                            "evaluation and report to finish within it (their forwards timed and counted before pretraining)")
         g.add_argument("--backbone", help=BACKBONE_HELP)
         g.add_argument("--image-size", type=int, help="side in pixels of the images fed to the encoder")
         g.add_argument("--optimizer", help="adam | adamw | sgd | lars")

@@ -115,8 +115,8 @@ class TrainConfig:
     epochs: int = 100  # ignored when budget is set
     budget: str | None = None  # pretraining time, e.g. 6m, 90s, 1h30m: the run sizes its steps to end then
     # `simclr run` only: the whole job (pretraining, evaluation, baselines, report) ends within this time; pretraining
-    # ends early enough for the evaluation, whose time is predicted from the training speed (feature protocols and
-    # the random baseline only). With train.budget too, pretraining stops at whichever comes first.
+    # ends early enough for the evaluation, whose time comes from its count of forwards at the encoder's measured
+    # forward speed (feature protocols and the random baseline only). With train.budget too, pretraining stops at whichever comes first.
     total_budget: str | None = None
     batch_size: int = 512  # global batch (split across processes under torchrun)
     temperature: float = 0.5

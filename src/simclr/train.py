@@ -279,7 +279,7 @@ def budget_plan(cfg: Config, state: TrainState, steps_per_epoch: int, log: Log,
            if deadline is not None else ""))
     plan = BudgetPlan(budget_s=budget_s, warmup_steps=warmup_steps(cfg.optim, steps_per_epoch))
     if deadline is not None:
-        plan.total_budget_s = parse_duration(cfg.train.total_budget, "train.total_budget")
+        plan.total_budget_s = deadline.total_s
     if cfg.train.low_res_size:
         plan.low_res_fraction = cfg.train.low_res_fraction
         plan.low_res_speedup = low_res_speedup(cfg.train.low_res_size, cfg.model.image_size)
