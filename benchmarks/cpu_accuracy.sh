@@ -123,13 +123,18 @@ QROWS=(
 )
 # Round 3: rows on top of recipe S, the quickstart preset since round 2 (recipe Q with crops of at least 35 %); the
 # names start with s6m_. Temperature below 0.2 (the SimCLR paper's Table 5 has 0.1 best at 100 epochs on ImageNet;
-# 0.2 beat 0.5 here in round 1); a milder crop still (0.5); a second seed of S itself and of temperature 0.1.
+# 0.2 beat 0.5 here in round 1); a milder crop still (0.5); a second seed of S itself and of temperature 0.1; LARS
+# (round 2 on Q: +2.5 / +3.1 kNN over two seeds, -0.4 / -1.6 linear) on S, alone and with temperature 0.1 (the
+# SimCLR paper's pairing: LARS with temperature 0.1, section 5.1 / Table 5 / B.1).
 SROWS=(
   "s6m_t01|--temperature 0.1"
   "s6m_scale05|--set augment.scale=[0.5,1.0]"
   "s6m_seed1|--seed 1"
   "s6m_t015|--temperature 0.15"
   "s6m_t01_seed1|--temperature 0.1 --seed 1"
+  "s6m_lars|--optimizer lars --lr 1.2"
+  "s6m_t01_lars|--temperature 0.1 --optimizer lars --lr 1.2"
+  "s6m_t01_lars_seed1|--temperature 0.1 --optimizer lars --lr 1.2 --seed 1"
 )
 ablate() {  # name
   local row
