@@ -89,7 +89,17 @@ def main() -> None:
     out["multicrop_loss_mean"] = mc_mean / world
     out["multicrop_grads"] = torch.stack([v.grad for v in views])
 
-    # 5. End to end with DDP: a linear projection, the two views in one forward, DDP averages grads.
+    # 6. The decoupled loss (DCL), two views and multi-crop, fp64: the same gather, another denominator.
+    for tag, vs in (("dcl", (inp["z0"], inp["z1"])), ("dcl_multicrop", (inp["z0"], inp["z1"], *inp["small"]))):
+        views = [_local(v, rank, n).requires_grad_() for v in vs]
+        dcl = multicrop_nt_xent(views, temperature=t, decoupled=True)
+        dcl.backward()
+        dcl_mean = dcl.detach().clone()
+        dist.all_reduce(dcl_mean)
+        out[f"{tag}_loss_mean"] = dcl_mean / world
+        out[f"{tag}_grads"] = torch.stack([v.grad for v in views])
+
+    # 7. End to end with DDP: a linear projection, the two views in one forward, DDP averages grads.
     model = torch.nn.Linear(inp["weight"].shape[1], inp["weight"].shape[0]).double()
     with torch.no_grad():
         model.weight.copy_(inp["weight"])

@@ -27,6 +27,7 @@ def test_overrides_beat_yaml(tmp_path):
         ("train.epochs", -1, ["train.epochs"]),
         ("model.backbone", "resnett18", ["model.backbone", "unknown backbone", "Closest: resnet18", "simclr backbones"]),
         ("optim.name", "rmsprop", ["optim.name", "adam, adamw, sgd, lars"]),
+        ("train.loss", "infonce", ["train.loss", "nt_xent, dcl"]),
         ("train.precision", "fp8", ["train.precision", "auto, fp32, bf16, fp16, fp64"]),
         ("train.epochs", "ten", ["train.epochs", "int"]),
         ("augment.gray_p", 1.5, ["augment.gray_p"]),

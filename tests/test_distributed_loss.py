@@ -174,3 +174,19 @@ def test_multicrop_loss_and_gradients_match_single_process(run):
         for j, v in enumerate(views):
             torch.testing.assert_close(res["multicrop_grads"][j] / WORLD, v.grad[rows_of(rank)], rtol=1e-9, atol=1e-12)
     assert not torch.allclose(results[0]["multicrop_loss"], results[1]["multicrop_loss"])
+
+
+@pytest.mark.parametrize("tag", ["dcl", "dcl_multicrop"])
+def test_decoupled_loss_and_gradients_match_single_process(run, tag):
+    """The decoupled loss under 2 processes (two views, then with the small crops): the global mean is the 1-process
+    loss on the global batch and each rank's views get W times the 1-process gradient of their rows (float64)."""
+    inputs, results = run
+    source = (inputs["z0"], inputs["z1"]) + ((*inputs["small"],) if tag == "dcl_multicrop" else ())
+    views = [v.clone().requires_grad_() for v in source]
+    single = multicrop_nt_xent(views, TEMPERATURE, decoupled=True)
+    single.backward()
+    assert not torch.allclose(single, multicrop_nt_xent(source, TEMPERATURE))  # another loss than NT-Xent
+    for rank, res in enumerate(results):
+        torch.testing.assert_close(res[f"{tag}_loss_mean"], single.detach(), rtol=1e-10, atol=1e-12)
+        for j, v in enumerate(views):
+            torch.testing.assert_close(res[f"{tag}_grads"][j] / WORLD, v.grad[rows_of(rank)], rtol=1e-9, atol=1e-12)

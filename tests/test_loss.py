@@ -10,8 +10,9 @@ import torch
 from simclr.loss import all_gather_with_grad, multicrop_nt_xent, nt_xent
 
 
-def reference_per_anchor(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Eq. (1) of Chen et al. 2020 written one anchor and one candidate at a time, in float64.
+def reference_per_anchor(z0: torch.Tensor, z1: torch.Tensor, temperature: float, decoupled: bool = False) -> torch.Tensor:
+    """Eq. (1) of Chen et al. 2020 written one anchor and one candidate at a time, in float64; ``decoupled``: DCL,
+    Yeh et al. 2022 eq. (6), the same with the positive left out of the denominator.
 
     Anchor k in [0, 2N) is z0[k] for k < N and z1[k - N] otherwise; its positive is (k + N) mod 2N.
     Returns the 2N per-anchor losses (differentiable with respect to z0 and z1).
@@ -24,13 +25,13 @@ def reference_per_anchor(z0: torch.Tensor, z1: torch.Tensor, temperature: float)
         pos = (k + n) % two_n
         sims = [torch.dot(z[k], z[m]) / (z[k].norm() * z[m].norm()) / temperature for m in range(two_n)]
         numerator = torch.exp(sims[pos])
-        denominator = sum(torch.exp(sims[m]) for m in range(two_n) if m != k)
+        denominator = sum(torch.exp(sims[m]) for m in range(two_n) if m != k and not (decoupled and m == pos))
         losses.append(-torch.log(numerator / denominator))
     return torch.stack(losses)
 
 
-def reference(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> torch.Tensor:
-    return reference_per_anchor(z0, z1, temperature).mean()
+def reference(z0: torch.Tensor, z1: torch.Tensor, temperature: float, decoupled: bool = False) -> torch.Tensor:
+    return reference_per_anchor(z0, z1, temperature, decoupled).mean()
 
 
 def _pair(n: int, d: int, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +58,30 @@ def test_value_and_gradients_match_naive_reference_fp64(n, d, temperature):
     expected.backward()
     torch.testing.assert_close(a0.grad, b0.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(a1.grad, b1.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "d", "temperature"), [(2, 4, 0.5), (5, 7, 0.1), (6, 5, 0.05)])
+def test_decoupled_matches_naive_reference_fp64(n, d, temperature):
+    z0, z1 = _pair(n, d, seed=n * 10 + d)
+    a0, a1 = z0.clone().requires_grad_(), z1.clone().requires_grad_()
+    b0, b1 = z0.clone().requires_grad_(), z1.clone().requires_grad_()
+    loss = nt_xent(a0, a1, temperature, decoupled=True)
+    expected = reference(b0, b1, temperature, decoupled=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(a0.grad, b0.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(a1.grad, b1.grad, rtol=1e-9, atol=1e-12)
+    # leaving the positive out lowers every anchor's loss: by log(1 / (1 - p)), p the positive's softmax share
+    assert loss < nt_xent(z0, z1, temperature)
+
+
+def test_decoupled_needs_a_negative():
+    z0, z1 = _pair(1, 3, seed=0)
+    with pytest.raises(ValueError, match="at least two images"):
+        nt_xent(z0, z1, 0.5, decoupled=True)
+    with pytest.raises(ValueError, match="at least two images"):
+        multicrop_nt_xent([z0, z1, z0 + 1], 0.5, decoupled=True)
 
 
 def test_float32_inputs_match_fp64_reference():
@@ -180,10 +205,12 @@ def test_invalid_arguments_raise(z0, z1, temperature):
 # ----------------------------------------------------------------------------- multi-crop
 
 
-def reference_multicrop(views: list[torch.Tensor], temperature: float, n_global: int = 2) -> torch.Tensor:
+def reference_multicrop(views: list[torch.Tensor], temperature: float, n_global: int = 2,
+                        decoupled: bool = False) -> torch.Tensor:
     """Multi-crop NT-Xent one positive pair and one candidate at a time, in float64: for every image and every
     ordered pair (a, p) of two of its views with at least one global, -log(exp(s_ap/T) / sum over all other views
-    k != a of the batch of exp(s_ak/T)); the mean over all such pairs."""
+    k != a of the batch of exp(s_ak/T)); the mean over all such pairs. ``decoupled``: the sum over the views of the
+    other images only."""
     v, n = len(views), views[0].shape[0]
     flat = [(j, i, views[j][i].double()) for j in range(v) for i in range(n)]
 
@@ -192,7 +219,8 @@ def reference_multicrop(views: list[torch.Tensor], temperature: float, n_global:
 
     losses = []
     for ja, ia, za in flat:
-        denominator = sum(torch.exp(sim(za, zk)) for jk, ik, zk in flat if (jk, ik) != (ja, ia))
+        denominator = sum(torch.exp(sim(za, zk)) for jk, ik, zk in flat
+                          if (jk, ik) != (ja, ia) and not (decoupled and ik == ia))
         for jp in range(v):
             if jp != ja and (ja < n_global or jp < n_global):
                 losses.append(-torch.log(torch.exp(sim(za, views[jp][ia].double())) / denominator))
@@ -217,6 +245,23 @@ def test_multicrop_matches_naive_reference_fp64(v, n, d, temperature):
     expected.backward()
     for a, b in zip(views, ref_views):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(("v", "n", "d", "temperature"), [(3, 2, 4, 0.5), (6, 3, 5, 0.1)])
+def test_decoupled_multicrop_matches_naive_reference_fp64(v, n, d, temperature):
+    views = [x.requires_grad_() for x in _views(v, n, d, seed=v + n)]
+    ref_views = [x.detach().clone().requires_grad_() for x in views]
+    loss = multicrop_nt_xent(views, temperature, decoupled=True)
+    expected = reference_multicrop(ref_views, temperature, decoupled=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    loss.backward()
+    expected.backward()
+    for a, b in zip(views, ref_views):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-8)
+    # with two views the multi-view rule is nt_xent's decoupled loss, and the reference agrees
+    z0, z1 = _pair(5, 4, seed=2)
+    assert torch.equal(multicrop_nt_xent([z0, z1], 0.2, decoupled=True), nt_xent(z0, z1, 0.2, decoupled=True))
+    torch.testing.assert_close(reference_multicrop([z0, z1], 0.2, decoupled=True), reference(z0, z1, 0.2, decoupled=True))
 
 
 def test_multicrop_with_two_views_is_nt_xent_exactly():

@@ -47,6 +47,30 @@ def test_loss_falls(tiny_folder, tmp_path):
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05, losses
 
 
+def test_decoupled_loss_from_the_command_line(tiny_folder, tmp_path, monkeypatch):
+    """--loss dcl trains every step with the decoupled loss, and run.json and the report's facts say which loss."""
+    import simclr.train as train
+    from simclr import report
+
+    calls = []
+    original = train.nt_xent
+
+    def spy(*a, decoupled=False, **k):
+        calls.append(decoupled)
+        return original(*a, decoupled=decoupled, **k)
+
+    monkeypatch.setattr(train, "nt_xent", spy)
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(tiny_folder), "--out", str(out), "--image-size", "8", "--batch-size", "12",
+                 "--epochs", "1", "--loss", "dcl", "--temperature", "0.1", "--set", "train.knn_every=0",
+                 "--set", "model.proj_hidden=[16]", "--set", "train.preview=false"]) == 0
+    assert calls == [True] * 3  # 36 images, batch 12
+    info = json.loads((out / "run.json").read_text())
+    assert info["loss"] == {"name": "dcl", "temperature": 0.1}
+    md = report.write_report([out], tmp_path / "report")[0].read_text()
+    assert "**Loss:** decoupled contrastive (DCL: no positive in the denominator), temperature 0.1" in md
+
+
 def test_existing_run_is_not_overwritten(tiny_folder, tmp_path, capsys):
     out = tmp_path / "run"
     pretrain(tiny_cfg(tiny_folder, out, **{"train.epochs": 1}))

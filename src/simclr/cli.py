@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import FLAG_KEYS, Config, load_config
+from .config import FLAG_KEYS, LOSSES, Config, load_config
 from .errors import EXIT_CODES_HELP, ConfigError, SimCLRError
 
 DESCRIPTION = """SimCLR: self-supervised pretraining of image encoders, evaluation with labels, and reports.
@@ -60,7 +60,8 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
         g.add_argument("--image-size", type=int, help="side in pixels of the images fed to the encoder")
         g.add_argument("--optimizer", help="adam | adamw | sgd | lars")
         g.add_argument("--lr", type=float, help="base learning rate (per 256 images when optim.scale_lr is true)")
-        g.add_argument("--temperature", type=float, help="NT-Xent temperature")
+        g.add_argument("--temperature", type=float, help="the contrastive loss's temperature")
+        g.add_argument("--loss", choices=LOSSES, help="nt_xent (SimCLR) | dcl (decoupled: the positive out of the denominator)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. --set optim.weight_decay=1e-4 (repeatable)")
 
 

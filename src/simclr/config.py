@@ -26,6 +26,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
 STEMS = ("auto", "cifar", "imagenet")
 SPLITS = ("standard", "seed")
 SCHEDULES = ("cosine", "constant")
+LOSSES = ("nt_xent", "dcl")  # SimCLR's NT-Xent | the decoupled contrastive loss (simclr.loss)
 PROTOCOLS = ("knn", "linear", "mlp", "finetune")
 BUILTIN_DATASETS = ("cifar10", "cifar100", "stl10")
 
@@ -120,6 +121,7 @@ class TrainConfig:
     total_budget: str | None = None
     batch_size: int = 512  # global batch (split across processes under torchrun)
     temperature: float = 0.5
+    loss: str = "nt_xent"  # nt_xent | dcl: the positive out of the denominator (Yeh et al. 2022; simclr.loss)
     # progressive resizing: views of low_res_size px for the first low_res_fraction of the steps, then
     # model.image_size (0: off). The network sees the evaluation resolution at the end (the FixRes effect).
     low_res_size: int = 0
@@ -191,6 +193,7 @@ FLAG_KEYS = {
     "device": "train.device",
     "precision": "train.precision",
     "temperature": "train.temperature",
+    "loss": "train.loss",
     "backbone": "model.backbone",
     "image_size": "model.image_size",
     "optimizer": "optim.name",
@@ -351,6 +354,7 @@ def validate(cfg: Config) -> None:
     _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("train.loss", cfg.train.loss, LOSSES)
     _choice("train.sync_bn_impl", cfg.train.sync_bn_impl, ("auto", "torch", "global"))
     _choice("data.split", cfg.data.split, SPLITS)
     for p in cfg.eval.protocols:

@@ -1,7 +1,9 @@
 """NT-Xent, the SimCLR contrastive loss, and a cross-process gather that keeps gradients.
 
 Reference: Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of Visual
-Representations", ICML 2020, eq. (1).
+Representations", ICML 2020, eq. (1). With ``decoupled=True`` the positive leaves the denominator: the decoupled
+contrastive loss (DCL) of Yeh et al., "Decoupled Contrastive Learning", ECCV 2022, eq. (6), whose point is that the
+positive's share of the softmax shrinks NT-Xent's gradient most at small batches and early in training.
 
 Under DDP every process holds N images (2N projections). The loss of one process uses its own 2N
 projections as anchors and the projections of ALL processes as candidates, so the negatives come from
@@ -83,14 +85,16 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     return _AllGatherWithGrad.apply(x)
 
 
-def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = True) -> Tensor:
+def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = True, decoupled: bool = False) -> Tensor:
     """Normalised temperature-scaled cross-entropy (NT-Xent) loss of SimCLR, Chen et al. 2020 eq. (1).
 
     Each of the 2N projections is an anchor: its positive is the other view of the same image, its
     negatives are the other 2N - 2 projections (2 * world * N - 2 under DDP with ``gather``), and its
     similarity with itself is excluded. Similarities are cosine similarities divided by
     ``temperature``; the loss for anchor i is ``-log softmax(sim_i / T)[positive(i)]``, computed with
-    log-sum-exp in at least float32 (bf16/fp16 inputs are upcast, autocast is disabled inside).
+    log-sum-exp in at least float32 (bf16/fp16 inputs are upcast, autocast is disabled inside). ``decoupled``: the
+    positive is left out of the sum under the log as well (DCL, Yeh et al. 2022): ``-sim_ip / T + log sum_k exp(sim_ik
+    / T)`` over the negatives k only.
 
     Under torch.distributed with world_size > 1 and ``gather=True``, the projections of all processes
     are gathered with :func:`all_gather_with_grad`; this process's rows are the anchors (row i of this
@@ -103,12 +107,14 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = Tru
         z1: Projections of view 1, [N, D]; row i is the same image as ``z0[i]``.
         temperature: Softmax temperature T > 0 (0.5 for CIFAR in the paper, 0.1 for ImageNet).
         gather: Use negatives from all processes when distributed; False keeps the loss local.
+        decoupled: the decoupled contrastive loss (no positive in the denominator).
 
     Returns:
         Scalar tensor (float32, or float64 for float64 inputs): mean loss over the local anchors.
 
     Raises:
-        ValueError: if the shapes differ, are not 2-D, N is 0, or temperature is not positive.
+        ValueError: if the shapes differ, are not 2-D, N is 0, temperature is not positive, or ``decoupled`` has
+            one image in all (no negative: the sum under the log would be empty).
     """
     if z0.dim() != 2 or z0.shape != z1.shape:
         raise ValueError(f"nt_xent expects z0 and z1 of the same shape [N, D], got {tuple(z0.shape)} "
@@ -137,6 +143,9 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = Tru
             keys = torch.cat([z0, z1])  # [2N, D]
             offset = 0
         total = world * n
+        if decoupled and total < 2:
+            raise ValueError("the decoupled loss needs at least two images in the (global) batch: with one, an anchor "
+                             "has no negative")
 
         anchors = torch.cat([z0, z1])  # [2N, D]
         logits = anchors @ keys.T / temperature  # [2N, 2 * world * N]
@@ -148,12 +157,17 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = Tru
         # A scatter of a Python scalar: indexed assignment (mask[rows, cols] = True) would copy the value from the
         # host and wait for the device.
         logits = logits.scatter(1, self_idx.view(-1, 1), float("-inf"))
+        if decoupled:
+            positive = logits.gather(1, pos_idx.view(-1, 1)).squeeze(1)
+            negatives = logits.scatter(1, pos_idx.view(-1, 1), float("-inf"))
+            return (torch.logsumexp(negatives, dim=1) - positive).mean()
 
         # cross_entropy = logsumexp(row) - logit[positive], mean over the 2N local anchors.
         return F.cross_entropy(logits, pos_idx)
 
 
-def multicrop_nt_xent(views: Sequence[Tensor], temperature: float = 0.5, n_global: int = 2, gather: bool = True) -> Tensor:
+def multicrop_nt_xent(views: Sequence[Tensor], temperature: float = 0.5, n_global: int = 2, gather: bool = True,
+                      decoupled: bool = False) -> Tensor:
     """NT-Xent over several views per image: SimCLR's loss with multi-crop (Caron et al. 2020, SwAV, section 3.2).
 
     ``views[:n_global]`` are the global views, the rest small crops. The positive pairs of an image are every
@@ -167,13 +181,16 @@ def multicrop_nt_xent(views: Sequence[Tensor], temperature: float = 0.5, n_globa
     all V * N views of the global batch but a itself (cosine similarities s); the result is the mean of l over
     this process's positive pairs (all processes hold the same number, so DDP's gradient averaging gives the
     gradient of the mean over the global batch, as for :func:`nt_xent`). With two views this is
-    :func:`nt_xent` itself, which it calls.
+    :func:`nt_xent` itself, which it calls. ``decoupled`` (DCL, as in :func:`nt_xent`): the sum runs over the views
+    of the other images only, so none of the image's own views (positive or not) is in the denominator; with two
+    views that is exactly nt_xent's decoupled loss.
 
     Args:
         views: V >= 2 tensors [N, D], row i of each the same image.
         temperature: softmax temperature T > 0.
         n_global: how many of ``views`` come first as global views (2 for SimCLR).
         gather: use negatives from all processes when distributed (one collective for all views).
+        decoupled: the decoupled contrastive loss (the denominator holds the other images' views only).
 
     Returns:
         Scalar tensor (float32, or float64 for float64 inputs).
@@ -181,7 +198,7 @@ def multicrop_nt_xent(views: Sequence[Tensor], temperature: float = 0.5, n_globa
     if len(views) < 2 or not 1 <= n_global <= len(views):
         raise ValueError(f"multicrop_nt_xent needs >= 2 views and 1 <= n_global <= views, got {len(views)}, {n_global}")
     if len(views) == 2 and n_global == 2:
-        return nt_xent(views[0], views[1], temperature, gather)
+        return nt_xent(views[0], views[1], temperature, gather, decoupled)
     shape = views[0].shape
     if len(shape) != 2 or shape[0] == 0 or any(v.shape != shape for v in views):
         raise ValueError(f"multicrop_nt_xent expects views of one shape [N, D], N >= 1, got {[tuple(v.shape) for v in views]}")
@@ -199,16 +216,20 @@ def multicrop_nt_xent(views: Sequence[Tensor], temperature: float = 0.5, n_globa
         else:
             keys, offset = torch.cat(z), 0
         total = world * n
+        if decoupled and total < 2:
+            raise ValueError("the decoupled loss needs at least two images in the (global) batch: with one, an anchor "
+                             "has no negative")
         anchors = torch.cat(z)  # [V * N, D]: view j of local image i at row j * N + i
         logits = anchors @ keys.T / temperature  # [V * N, V * world * N]
         i = torch.arange(n, device=logits.device)
         view = torch.arange(v, device=logits.device)
         self_col = (view.view(-1, 1) * total + offset + i).reshape(-1)  # each anchor's own column
         logits = logits.scatter(1, self_col.view(-1, 1), float("-inf"))
-        lse = torch.logsumexp(logits, dim=1).view(v, n)
         # columns of the same image's views: [V * N, V] -> the logits [V, N, V] (anchor view, image, other view)
         same = (view.view(1, -1) * total + (offset + i).view(-1, 1)).repeat(v, 1)
         same_logits = logits.gather(1, same).view(v, n, v)
+        denominator = logits.scatter(1, same, float("-inf")) if decoupled else logits
+        lse = torch.logsumexp(denominator, dim=1).view(v, n)
         is_global = view < n_global
         pos = (view.view(-1, 1) != view.view(1, -1)) & (is_global.view(-1, 1) | is_global.view(1, -1))  # [V, V]
         pos_logits = torch.where(pos.view(v, 1, v), same_logits, 0.0)  # the anchor's own -inf column is never kept

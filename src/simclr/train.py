@@ -435,7 +435,8 @@ def train_one_epoch(
 
     for it, (v0, v1, *small) in zip(range(state.step_in_epoch, steps), batches):
         lr = schedule(state.global_step)
-        loss = simclr_loss(model, v0, v1, device, precision, tc.channels_last, tc.temperature, small)
+        loss = simclr_loss(model, v0, v1, device, precision, tc.channels_last, tc.temperature, small,
+                           decoupled=tc.loss == "dcl")
         optimizer.zero_grad(set_to_none=True)
         if every == 1 and not _finite_on_every_rank(loss, rt):  # read before the update: a bad step can be skipped
             state.nonfinite_skipped += 1
@@ -471,11 +472,13 @@ def train_one_epoch(
 
 
 def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: torch.device, precision: str,
-                channels_last: bool, temperature: float, small: list[torch.Tensor] | tuple = ()) -> torch.Tensor:
+                channels_last: bool, temperature: float, small: list[torch.Tensor] | tuple = (),
+                decoupled: bool = False) -> torch.Tensor:
     """NT-Xent of one step, not yet read from the device: both views [b,3,H,W] in one forward [2b,3,H,W] (BatchNorm
     sees both views, as in the paper), under ``precision`` autocast; the projections and the loss in fp32 (fp64 with
     ``precision="fp64"``, where the model runs in float64). With multi-crop, the ``small`` crops [b,3,h,h] go through
-    the encoder in a second batch of the same module call and into :func:`~simclr.loss.multicrop_nt_xent`."""
+    the encoder in a second batch of the same module call and into :func:`~simclr.loss.multicrop_nt_xent`.
+    ``decoupled``: the decoupled contrastive loss (``train.loss: dcl``) instead of NT-Xent."""
 
     def prepared(x: torch.Tensor) -> torch.Tensor:
         x = x.double() if precision == "fp64" else x
@@ -487,8 +490,8 @@ def simclr_loss(model: nn.Module, v0: torch.Tensor, v1: torch.Tensor, device: to
     z = z.to(torch.promote_types(z.dtype, torch.float32))
     if not small:
         z0, z1 = z.chunk(2)
-        return nt_xent(z0, z1, temperature)
-    return multicrop_nt_xent(z.chunk(2 + len(small)), temperature)
+        return nt_xent(z0, z1, temperature, decoupled=decoupled)
+    return multicrop_nt_xent(z.chunk(2 + len(small)), temperature, decoupled=decoupled)
 
 
 def sync_interval(tc: TrainConfig, device: torch.device) -> int:
@@ -647,6 +650,7 @@ def finish_run(run_dir: Path, model: SimCLR, cfg: Config, state: TrainState, pre
         "proj_dim": cfg.model.proj_dim,
         "epochs": len(hist) if state.budget else cfg.train.epochs,
         "optimizer": cfg.optim.name,
+        "loss": {"name": cfg.train.loss, "temperature": cfg.train.temperature},
         "precision": precision.name,
         "precision_choice": precision.to_dict(),  # requested, reason, hardware, probe figures
         "wall_time_s": state.wall_time,

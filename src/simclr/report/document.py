@@ -265,6 +265,10 @@ def _facts(run: dict, f: dict, losses: list, knns: list) -> list[tuple[str, str]
         ("Optimizer", fmt_text(f["optimizer"])),
         ("Wall time", fmt_time(f["wall_time_s"])),
     ]
+    loss = run["run"].get("loss")
+    if isinstance(loss, dict) and loss.get("name"):
+        names = {"nt_xent": "NT-Xent", "dcl": "decoupled contrastive (DCL: no positive in the denominator)"}
+        facts.append(("Loss", f"{names.get(loss['name'], fmt_text(loss['name']))}, temperature {loss.get('temperature')}"))
     facts += _budget_facts(run["run"]) + _precision_facts(run["run"])
     if losses:
         facts.append(("Final loss", f"{float(losses[-1][1]):.4f} (epoch {losses[-1][0]})"))
