@@ -2,7 +2,8 @@
 
     python benchmarks/accuracy_table.py [budget6m b6m_bs128 ...]   (default: the ABLATION rows of cpu_accuracy.sh, then budget6m)
     python benchmarks/accuracy_table.py --round2 TAG                (round 2: budget6m_q_TAG, then the QROWS rows run with TAG)
-    python benchmarks/accuracy_table.py --round3 TAG                (round 3: budget6m_TAG, then the SROWS rows run with TAG)
+    python benchmarks/accuracy_table.py --round3 TAG                (round 3: budget6m_s_TAG, then the SROWS rows run with TAG)
+    python benchmarks/accuracy_table.py --round4 TAG                (round 4: recipe T's two seeds, s6m_t01[_seed1]_TAG, then the TROWS rows)
 
 One line per run: test kNN and linear accuracy, the same on the validation split (the recipe is chosen on those),
 images/s and images seen in pretraining. Reads benchmarks/results/cpu_accuracy_<name>.json, and the test figures'
@@ -25,6 +26,7 @@ RESULTS = HERE / "results"
 SCRIPT = (HERE / "cpu_accuracy.sh").read_text()  # owns the rows, R0 and where the runs go
 R0 = re.search(r'^R0="([^"]*)"', SCRIPT, flags=re.M).group(1)
 Q = re.search(r'^Q="([^"]*)"', SCRIPT, flags=re.M).group(1)  # recipe Q, pinned under the round-2 rows
+S = re.search(r'^S="([^"]*)"', SCRIPT, flags=re.M).group(1)  # recipe S, pinned under the round-3 rows
 RUNS = HERE.parent / re.search(r"^RUNS=\$\{3:-([^}]*)\}", SCRIPT, flags=re.M).group(1)
 found: dict = {}  # the bootstrap settings of the first run with intervals, and the runs without them
 
@@ -45,6 +47,16 @@ def _test(run: Path, protocol: str, x, stored: dict | None = None) -> str:
     return format_metric(m)
 
 
+def _recipe(r: dict) -> str:
+    """The name of the quickstart recipe a preset row ran (Q, S, T: RESULTS.md's rounds), from the recipe it recorded."""
+    recipe = r.get("recipe") or {}
+    scale = (recipe.get("augment") or {}).get("scale") or [0.2, 1.0]  # before "recipe": Q's
+    temperature = (recipe.get("train") or {}).get("temperature", 0.2)
+    if scale == [0.2, 1.0]:
+        return "(recipe Q)"
+    return "(recipe S)" if temperature == 0.2 else f"(recipe T: crop scale {scale}, temperature {temperature})"
+
+
 def row(name: str) -> str:
     r = json.loads((RESULTS / f"cpu_accuracy_{name}.json").read_text())
     plan = r.get("budget_plan") or {}
@@ -54,9 +66,7 @@ def row(name: str) -> str:
     speed = seen / r["pretrain_wall_time_s"] if r.get("pretrain_wall_time_s") else None
     flags = r["command"].split("--set train.knn_every=0", 1)[-1].replace(" --baselines ''", "").removesuffix(" --baselines")
     preset = name.startswith(("budget6m", "q6m_base"))  # a preset itself: no flags of its own
-    scale = ((r.get("recipe") or {}).get("augment") or {}).get("scale") or [0.2, 1.0]  # before "recipe": Q's
-    label = "(recipe Q)" if name.startswith("q6m_") or scale == [0.2, 1.0] else f"(the quickstart preset, crop scale {scale})"
-    flags = flags.replace(R0, "").replace(Q, "").strip() or (label if preset else "(R0)")
+    flags = flags.replace(R0, "").replace(Q, "").replace(S, "").strip() or (_recipe(r) if preset else "(R0)")
     test, val = r.get("simclr", {}), r.get("simclr_val", {})
     knn, linear = (_test(RUNS / name, p, test.get(p), r.get("simclr_test_metrics")) for p in ("knn", "linear"))
     return (f"| {name} | `{flags}` | {knn} | {linear} | {_pct(val.get('knn'))} | "
@@ -65,12 +75,16 @@ def row(name: str) -> str:
 
 def main(names: list[str]) -> None:
     base_name = "b6m_old"  # the run whose random-init baseline ends the table
-    if names[:1] in (["--round2"], ["--round3"]):
+    if names[:1] in (["--round2"], ["--round3"], ["--round4"]):
         # round 2: recipe Q's budget6m run on this kind of processor (renamed budget6m_q_TAG when the preset moved
-        # on), then cpu_accuracy.sh's QROWS in its order; round 3: today's preset's budget6m run, then its SROWS.
-        # The random-init row is that budget6m run's.
-        tag, base, prefix = names[1], *(("budget6m_q", "q6m") if names[0] == "--round2" else ("budget6m", "s6m"))
-        names = [f"{base}_{tag}"] + [f"{n}_{tag}" for n in re.findall(rf'^\s*"({prefix}_\w+)\|', SCRIPT, flags=re.M)]
+        # on), then cpu_accuracy.sh's QROWS in its order; round 3: recipe S's (budget6m_s_TAG), then the SROWS;
+        # round 4: recipe T's two seeds (rows of round 3), then the TROWS. The random-init row is the budget6m
+        # run's of the round (round 4: round 3's: the network at random init does not depend on the recipe).
+        tag, rnd = names[1], names[0]
+        base, prefix = {"--round2": ("budget6m_q", "q6m"), "--round3": ("budget6m_s", "s6m"),
+                        "--round4": ("budget6m_s", "t6m")}[rnd]
+        first = [f"{base}_{tag}"] if rnd != "--round4" else [f"s6m_t01_{tag}", f"s6m_t01_seed1_{tag}"]
+        names = first + [f"{n}_{tag}" for n in re.findall(rf'^\s*"({prefix}_\w+)\|', SCRIPT, flags=re.M)]
         names = [n for n in names if (RESULTS / f"cpu_accuracy_{n}.json").is_file()]
         base_name = f"{base}_{tag}"
     elif not names:
