@@ -144,7 +144,10 @@ SROWS=(
 # decoupled contrastive loss (Yeh et al., ECCV 2022: the positive out of NT-Xent's denominator, whose gain they
 # report as largest at small batches and in the first epochs: our regime), over two seeds; the learning rate again
 # (0.6 per 256 was chosen with temperature 0.2, and the logits' gradients scale with 1 / T), halved and doubled.
+# t6m_base is recipe T itself without the random-init baseline: the run the others are paired with (`simclr compare`)
+# on a machine whose s6m_t01 run directory is gone, and a second seed-0 run of T (the spread with the seed fixed).
 TROWS=(
+  "t6m_base|"
   "t6m_t005|--temperature 0.05"
   "t6m_scale05|--set augment.scale=[0.5,1.0]"
   "t6m_dcl|--loss dcl"
