@@ -65,7 +65,7 @@ def row(name: str) -> str:
     seen = steps * batch
     speed = seen / r["pretrain_wall_time_s"] if r.get("pretrain_wall_time_s") else None
     flags = r["command"].split("--set train.knn_every=0", 1)[-1].replace(" --baselines ''", "").removesuffix(" --baselines")
-    preset = name.startswith(("budget6m", "q6m_base"))  # a preset itself: no flags of its own
+    preset = name.startswith(("budget6m", "q6m_base", "t6m_base"))  # a preset itself: no flags of its own
     flags = flags.replace(R0, "").replace(Q, "").replace(S, "").strip() or (_recipe(r) if preset else "(R0)")
     test, val = r.get("simclr", {}), r.get("simclr_val", {})
     knn, linear = (_test(RUNS / name, p, test.get(p), r.get("simclr_test_metrics")) for p in ("knn", "linear"))
