@@ -143,7 +143,8 @@ SROWS=(
 # held on both processors); crops milder still (at least 50 %: the trend 0.08 -> 0.2 -> 0.35 held on the Xeon); the
 # decoupled contrastive loss (Yeh et al., ECCV 2022: the positive out of NT-Xent's denominator, whose gain they
 # report as largest at small batches and in the first epochs: our regime), over two seeds; the learning rate again
-# (0.6 per 256 was chosen with temperature 0.2, and the logits' gradients scale with 1 / T), halved and doubled.
+# (0.6 per 256 was chosen with temperature 0.2, and the logits' gradients scale with 1 / T), halved and doubled;
+# half the steps at 16 px instead of 75 % (90 % lost in round 1: the other side).
 # t6m_base is recipe T itself without the random-init baseline: the run the others are paired with (`simclr compare`)
 # on a machine whose s6m_t01 run directory is gone, and a second seed-0 run of T (the spread with the seed fixed).
 TROWS=(
@@ -154,6 +155,7 @@ TROWS=(
   "t6m_dcl_seed1|--loss dcl --seed 1"
   "t6m_lr03|--lr 0.3"
   "t6m_lr12|--lr 1.2"
+  "t6m_f05|--set train.low_res_fraction=0.5"
   "t6m_t005_seed1|--temperature 0.05 --seed 1"
   "t6m_scale05_seed1|--set augment.scale=[0.5,1.0] --seed 1"
 )
