@@ -132,9 +132,9 @@ def _nan_at(step_to_fail):
     real = train.nt_xent
     calls = {"n": 0}
 
-    def fake(z0, z1, t):
+    def fake(z0, z1, t, **kwargs):
         calls["n"] += 1
-        loss = real(z0, z1, t)
+        loss = real(z0, z1, t, **kwargs)
         return loss * float("nan") if calls["n"] == step_to_fail else loss
 
     return fake
