@@ -156,8 +156,6 @@ TROWS=(
   "t6m_lr03|--lr 0.3"
   "t6m_lr12|--lr 1.2"
   "t6m_f05|--set train.low_res_fraction=0.5"
-  "t6m_t005_seed1|--temperature 0.05 --seed 1"
-  "t6m_scale05_seed1|--set augment.scale=[0.5,1.0] --seed 1"
 )
 ablate() {  # name
   local row
