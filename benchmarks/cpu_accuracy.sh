@@ -142,7 +142,8 @@ SROWS=(
 # all four runs of round 3); the names start with t6m_. A temperature lower still (0.05: the trend 0.5 -> 0.2 -> 0.1
 # held on both processors); crops milder still (at least 50 %: the trend 0.08 -> 0.2 -> 0.35 held on the Xeon); the
 # decoupled contrastive loss (Yeh et al., ECCV 2022: the positive out of NT-Xent's denominator, whose gain they
-# report as largest at small batches and in the first epochs: our regime), over two seeds; the learning rate again
+# report as largest at small batches and in the first epochs: our regime), over three seeds (one each way after two,
+# so a third seed of T and of DCL); the learning rate again
 # (0.6 per 256 was chosen with temperature 0.2, and the logits' gradients scale with 1 / T), halved and doubled;
 # half the steps at 16 px instead of 75 % (90 % lost in round 1: the other side).
 # t6m_base is recipe T itself without the random-init baseline: the run the others are paired with (`simclr compare`)
@@ -153,6 +154,8 @@ TROWS=(
   "t6m_scale05|--set augment.scale=[0.5,1.0]"
   "t6m_dcl|--loss dcl"
   "t6m_dcl_seed1|--loss dcl --seed 1"
+  "t6m_seed2|--seed 2"
+  "t6m_dcl_seed2|--loss dcl --seed 2"
   "t6m_lr03|--lr 0.3"
   "t6m_lr12|--lr 1.2"
   "t6m_f05|--set train.low_res_fraction=0.5"
