@@ -26,7 +26,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
 STEMS = ("auto", "cifar", "imagenet")
 SPLITS = ("standard", "seed")
 SCHEDULES = ("cosine", "constant")
-LOSSES = ("nt_xent", "dcl")  # SimCLR's NT-Xent | the decoupled contrastive loss (simclr.loss)
+# train.loss: each loss (simclr.loss) and the name the report gives it
+LOSSES = {"nt_xent": "NT-Xent", "dcl": "decoupled contrastive (DCL: no positive in the denominator)"}
 PROTOCOLS = ("knn", "linear", "mlp", "finetune")
 BUILTIN_DATASETS = ("cifar10", "cifar100", "stl10")
 

@@ -85,6 +85,14 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     return _AllGatherWithGrad.apply(x)
 
 
+def _check_negatives(decoupled: bool, images: int) -> None:
+    """The decoupled loss's denominator holds the other images' views only: with one image in the global batch it is
+    empty (log 0)."""
+    if decoupled and images < 2:
+        raise ValueError("the decoupled loss needs at least two images in the (global) batch: with one, an anchor "
+                         "has no negative")
+
+
 def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = True, decoupled: bool = False) -> Tensor:
     """Normalised temperature-scaled cross-entropy (NT-Xent) loss of SimCLR, Chen et al. 2020 eq. (1).
 
@@ -143,9 +151,7 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.5, gather: bool = Tru
             keys = torch.cat([z0, z1])  # [2N, D]
             offset = 0
         total = world * n
-        if decoupled and total < 2:
-            raise ValueError("the decoupled loss needs at least two images in the (global) batch: with one, an anchor "
-                             "has no negative")
+        _check_negatives(decoupled, total)
 
         anchors = torch.cat([z0, z1])  # [2N, D]
         logits = anchors @ keys.T / temperature  # [2N, 2 * world * N]
@@ -216,9 +222,7 @@ def multicrop_nt_xent(views: Sequence[Tensor], temperature: float = 0.5, n_globa
         else:
             keys, offset = torch.cat(z), 0
         total = world * n
-        if decoupled and total < 2:
-            raise ValueError("the decoupled loss needs at least two images in the (global) batch: with one, an anchor "
-                             "has no negative")
+        _check_negatives(decoupled, total)
         anchors = torch.cat(z)  # [V * N, D]: view j of local image i at row j * N + i
         logits = anchors @ keys.T / temperature  # [V * N, V * world * N]
         i = torch.arange(n, device=logits.device)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import plots
+from ..config import LOSSES
 from ..rundir import LABEL_EFFICIENCY
 from ..stats import describe_bootstrap
 from .collect import NEIGHBORS, first, knn_result, run_facts, run_method
@@ -267,8 +268,7 @@ def _facts(run: dict, f: dict, losses: list, knns: list) -> list[tuple[str, str]
     ]
     loss = run["run"].get("loss")
     if isinstance(loss, dict) and loss.get("name"):
-        names = {"nt_xent": "NT-Xent", "dcl": "decoupled contrastive (DCL: no positive in the denominator)"}
-        facts.append(("Loss", f"{names.get(loss['name'], fmt_text(loss['name']))}, temperature {loss.get('temperature')}"))
+        facts.append(("Loss", f"{LOSSES.get(loss['name'], fmt_text(loss['name']))}, temperature {loss.get('temperature')}"))
     facts += _budget_facts(run["run"]) + _precision_facts(run["run"])
     if losses:
         facts.append(("Final loss", f"{float(losses[-1][1]):.4f} (epoch {losses[-1][0]})"))
